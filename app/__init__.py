@@ -1,0 +1,1 @@
+"""Authenticated WebSocket hub between agents and dashboards."""

@@ -1,0 +1,197 @@
+"""Settings: the ``HUB_`` environment variables of the contract, validated once at start.
+
+A bad setting is refused with one line naming the variable (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
+MIN_HMAC_SECRET_BYTES = 32
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def parse_networks(items: list[str]) -> list[IPNetwork]:
+    """Parse IPs and CIDRs; a bare address is a /32 or /128. Raises ValueError naming the item."""
+    networks: list[IPNetwork] = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+    return networks
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting of the hub. Build it once (``load_settings``) and pass it explicitly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HUB_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["development", "production"] = "development"
+
+    jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256"])
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=0, ge=0, le=300)
+
+    redis_url: str | None = None
+    redis_prefix: str = Field(default="hub", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    database_url: str = "sqlite+aiosqlite:///./var/hub.db"
+
+    max_connections_per_user: int = Field(default=10, ge=1, le=10_000)
+    connect_rate_per_user: int = Field(default=30, ge=1)
+    connect_rate_per_ip: int = Field(default=120, ge=1)
+    auth_failures_before_ban: int = Field(default=20, ge=1)
+    auth_failure_window_seconds: int = Field(default=60, ge=1)
+    auth_failure_ban_seconds: int = Field(default=600, ge=1)
+
+    allowed_origins: CommaList = Field(default_factory=list)
+    banned_cidrs: CommaList = Field(default_factory=list)
+    trusted_proxies: CommaList = Field(default_factory=list)
+    allow_query_token: bool = True
+
+    refresh_warning_seconds: int = Field(default=60, ge=0)
+    connection_lease_seconds: int = Field(default=30, ge=3, le=3600)
+    max_message_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
+    max_token_bytes: int = Field(default=8192, ge=128, le=8192)
+    message_rate_per_second: float = Field(default=20.0, gt=0)
+    message_burst: int = Field(default=40, ge=1)
+    send_queue_size: int = Field(default=256, ge=1)
+    ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    command_ttl_seconds: int = Field(default=60, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=256)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("jwt_algorithms", "allowed_origins", "banned_cidrs", "trusted_proxies",
+                     mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        for alg in value:
+            if alg not in SUPPORTED_ALGORITHMS:
+                raise ValueError(
+                    f"unknown algorithm {alg!r} (supported: {', '.join(sorted(SUPPORTED_ALGORITHMS))})"
+                )
+        return value
+
+    @field_validator("banned_cidrs", "trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if "*" in origin or not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an exact origin like https://host[:port]")
+        return [origin.rstrip("/") for origin in value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        algs = set(self.jwt_algorithms)
+        if algs & HMAC_ALGORITHMS:
+            secret = self.jwt_secret.get_secret_value().encode() if self.jwt_secret else b""
+            if not secret:
+                raise _named("jwt_secret", "an HS* algorithm is enabled but no secret is set")
+            if self.env == "production" and len(secret) < MIN_HMAC_SECRET_BYTES:
+                raise _named("jwt_secret", f"must be at least {MIN_HMAC_SECRET_BYTES} bytes in production")
+        if algs & PUBLIC_KEY_ALGORITHMS and not (self.jwt_public_key_file or self.jwt_jwks_url):
+            raise _named(
+                "jwt_public_key_file",
+                "a public-key algorithm is enabled but neither HUB_JWT_PUBLIC_KEY_FILE nor "
+                "HUB_JWT_JWKS_URL is set",
+            )
+        if self.jwt_public_key_file and not self.jwt_public_key_file.is_file():
+            raise _named("jwt_public_key_file", f"{self.jwt_public_key_file} is not a readable file")
+        if self.workers > 1 and not self.redis_url:
+            raise _named(
+                "workers",
+                "the embedded engine cannot enforce limits across processes; set HUB_REDIS_URL "
+                "to run more than one worker",
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise _named("ssl_certfile", "HUB_SSL_CERTFILE and HUB_SSL_KEYFILE go together")
+        return self
+
+    @property
+    def banned_networks(self) -> list[IPNetwork]:
+        return parse_networks(self.banned_cidrs)
+
+    @property
+    def trusted_networks(self) -> list[IPNetwork]:
+        return parse_networks(self.trusted_proxies)
+
+    @property
+    def engine_name(self) -> str:
+        return "redis" if self.redis_url else "embedded"
+
+
+class SettingsError(Exception):
+    """A setting is wrong; ``str()`` is one line naming the variable."""
+
+
+class _NamedError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _named(field: str, message: str) -> _NamedError:
+    return _NamedError(field, message)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and ``.env``), or raise SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _NamedError):
+            field, message = ctx_error.field, str(ctx_error)
+        else:
+            field = str(err["loc"][0]) if err["loc"] else "settings"
+            message = err["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"HUB_{field.upper()}: {message}") from None

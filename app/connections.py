@@ -1,0 +1,174 @@
+"""Live connections of this worker: each one's send queue, expiry timer and close, and the
+registry that finds them for kicks, revocations, bans and routing.
+
+A connection has one writer task, the only code that sends on its socket, fed by a bounded queue:
+a slow reader fills its own queue and is closed (``slow_consumer``) without stalling anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from app import metrics
+from app.errors import Code, spec
+from app.logs import get_logger
+from app.session import Action, Close, Send, Session
+
+log = get_logger("app.connections")
+
+CLOSE_TIMEOUT = 5.0
+
+
+class Socket(Protocol):
+    async def send_text(self, data: str) -> None: ...
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+class Connection:
+    """One accepted socket. :meth:`send` and :meth:`close` never block and never raise."""
+
+    def __init__(self, socket: Socket, session: Session, queue_size: int) -> None:
+        self.socket = socket
+        self.session = session
+        self.close_code: Code | None = None
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
+        self._writer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        self.attributes: dict[str, Any] = {}
+
+    @property
+    def conn_id(self) -> str:
+        return self.session.admission.conn_id
+
+    @property
+    def sub(self) -> str:
+        return self.session.principal.sub
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.conn_id[:8]}")
+        self.apply(self.session.welcome(_now()))
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.send(action.text)
+            elif isinstance(action, Close):
+                self.close(action.code)
+        self.reschedule()
+
+    def send(self, text: str) -> None:
+        if self.close_code is not None:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.close(Code.SLOW_CONSUMER)
+
+    def close(self, code: Code) -> None:
+        """Close with ``code`` (its close code and the code string as reason). First close wins."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        metrics.CLOSES.labels(code.value).inc()
+        if self._timer is not None:
+            self._timer.cancel()
+        # Queued messages are dropped: the close must not wait behind a client that is not reading.
+        if self._writer is not None:
+            self._writer.cancel()
+        asyncio.get_running_loop().create_task(self._send_close(code))
+
+    def reschedule(self) -> None:
+        """(Re)arm the one timer of this connection at the session's next deadline."""
+        if self.close_code is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.session.deadline() - _now())
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.apply(self.session.on_timer(_now()))
+
+    async def _write_loop(self) -> None:
+        while True:
+            text = await self._queue.get()
+            if text is None:
+                return
+            try:
+                await self.socket.send_text(text)
+            except Exception:
+                return
+
+    async def _send_close(self, code: Code) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(BaseException):
+                await self._writer
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.socket.close(spec(code).close, code.value), CLOSE_TIMEOUT)
+        self._closed.set()
+
+    async def finish(self) -> None:
+        """Stop the timer and the writer once the socket is gone."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._writer
+        if self.close_code is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), CLOSE_TIMEOUT)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+class Registry:
+    """This worker's live connections, by id and by ``sub``."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Connection] = {}
+        self._by_sub: dict[str, set[str]] = {}
+
+    def add(self, conn: Connection) -> None:
+        self._by_id[conn.conn_id] = conn
+        self._by_sub.setdefault(conn.sub, set()).add(conn.conn_id)
+
+    def remove(self, conn: Connection) -> None:
+        self._by_id.pop(conn.conn_id, None)
+        ids = self._by_sub.get(conn.sub)
+        if ids is not None:
+            ids.discard(conn.conn_id)
+            if not ids:
+                del self._by_sub[conn.sub]
+
+    def get(self, conn_id: str) -> Connection | None:
+        return self._by_id.get(conn_id)
+
+    def of_sub(self, sub: str) -> list[Connection]:
+        return [self._by_id[i] for i in self._by_sub.get(sub, ())]
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def leases(self) -> list[tuple[str, str]]:
+        return [(c.session.admission.principal.sub, c.conn_id) for c in self._by_id.values()]
+
+    def close_where(self, predicate: Callable[[Connection], bool], code: Code) -> int:
+        """Close every connection matching ``predicate`` with ``code``; how many."""
+        matched = [conn for conn in self._by_id.values() if predicate(conn)]
+        for conn in matched:
+            conn.close(code)
+        return len(matched)

@@ -1,0 +1,199 @@
+"""The WebSocket endpoints: thin loops that drive the handshake, the session and the hub.
+
+``/ws/agent`` and ``/ws/dashboard`` share one handshake dependency. A refusal is raised as
+:class:`HandshakeRefused` and answered by :func:`refuse`, in one of the contract's two forms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from app import metrics
+from app.connections import Connection
+from app.errors import Code, handshake_close_code, spec
+from app.handshake import Admission, HandshakeRefused, HandshakeRequest
+from app.messages import AuthRefresh, MessageError, Ping, Pong, encode, error, parse_client
+from app.roles import Endpoint
+from app.runtime import Runtime
+from app.security_log import SecurityEvent
+from app.session import Session
+from app.tokens import TokenError
+
+router = APIRouter()
+
+
+def _runtime(websocket: WebSocket) -> Runtime:
+    runtime: Runtime = websocket.app.state.runtime
+    return runtime
+
+
+class Handshake:
+    """The handshake dependency of one endpoint: yields the admission, gives its slot back after."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, websocket: WebSocket) -> AsyncIterator[Admission]:
+        runtime = _runtime(websocket)
+        scope = websocket.scope
+        client = scope.get("client")
+        headers = websocket.headers
+        request = HandshakeRequest(
+            endpoint=self.endpoint,
+            peer=client[0] if client else None,
+            headers=headers,
+            forwarded_for=headers.getlist("x-forwarded-for"),
+            raw_query=scope.get("query_string", b""),
+            subprotocols=scope.get("subprotocols", []),
+        )
+        admission = await runtime.gatekeeper.admit(request)
+        try:
+            yield admission
+        finally:
+            await runtime.gatekeeper.release(admission)
+
+
+async def refuse(websocket: WebSocket, exc: Exception) -> Response | None:
+    """Answer a refused handshake: an HTTP denial response with the JSON body, or, for a client
+    that offered ``hub.v1`` (a browser cannot read an HTTP refusal), a socket accepted with
+    ``hub.v1`` and closed at once with the matching 44xx code and the code as reason."""
+    assert isinstance(exc, HandshakeRefused)
+    entry = spec(exc.code)
+    if exc.subprotocol is not None and not exc.http_only and not entry.http_only:
+        await websocket.accept(subprotocol=exc.subprotocol)
+        await websocket.close(code=handshake_close_code(exc.code), reason=exc.code.value)
+        return None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return JSONResponse(
+        {"error": exc.code.value, "message": entry.message}, status_code=entry.status, headers=headers
+    )
+
+
+async def _serve(websocket: WebSocket, admission: Admission) -> None:
+    runtime = _runtime(websocket)
+    settings = runtime.settings
+    await websocket.accept(subprotocol=admission.subprotocol)
+    conn = Connection(websocket, Session(admission, runtime.limits, time.time()), settings.send_queue_size)
+    endpoint = admission.endpoint.value
+    runtime.registry.add(conn)
+    metrics.ACTIVE.labels(endpoint).inc()
+    runtime.log.info(
+        "ws.connected", endpoint=admission.endpoint.path, conn_id=admission.conn_id,
+        sub=admission.principal.sub, client_ip=admission.client_ip, transport=admission.transport,
+    )
+    try:
+        conn.start()
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if conn.close_code is not None:
+                continue
+            text = message.get("text")
+            if text is None:
+                conn.close(Code.UNSUPPORTED_DATA)
+            elif len(text) > settings.max_message_bytes or (
+                len(text) * 4 > settings.max_message_bytes
+                and len(text.encode()) > settings.max_message_bytes
+            ):
+                conn.close(Code.MESSAGE_TOO_BIG)
+            else:
+                await _handle(runtime, conn, text)
+    finally:
+        runtime.registry.remove(conn)
+        metrics.ACTIVE.labels(endpoint).dec()
+        await conn.finish()
+        runtime.log.info(
+            "ws.disconnected", conn_id=admission.conn_id, sub=admission.principal.sub,
+            close=conn.close_code.value if conn.close_code else None,
+        )
+        if conn.close_code is not None and spec(conn.close_code).close >= 4000:
+            runtime.security_log.record(_close_event(conn))
+
+
+async def _handle(runtime: Runtime, conn: Connection, text: str) -> None:
+    actions = conn.session.allow_message(time.time())
+    if actions is not None:
+        conn.apply(actions)
+        return
+    try:
+        message = parse_client(text)
+    except MessageError as exc:
+        metrics.MESSAGES.labels("invalid", "in").inc()
+        conn.send(error(exc.code, exc.message, exc.ref))
+        return
+    metrics.MESSAGES.labels(message.type, "in").inc()
+    if isinstance(message, Ping):
+        conn.send(encode(Pong(ref=message.id)))
+    elif isinstance(message, AuthRefresh):
+        await _refresh(runtime, conn, message)
+    else:
+        await runtime.hub.handle(conn, message)
+
+
+async def _refresh(runtime: Runtime, conn: Connection, message: AuthRefresh) -> None:
+    try:
+        principal = await runtime.verifier.verify(message.token)
+    except TokenError as exc:
+        metrics.REFRESHES.labels(exc.code.value).inc()
+        runtime.security_log.record(_refresh_event(conn, exc.code, exc))
+        conn.apply(conn.session.refresh_failed(exc, message.id))
+        return
+    if runtime.revocations.is_revoked(principal):
+        metrics.REFRESHES.labels(Code.TOKEN_REVOKED.value).inc()
+        runtime.security_log.record(_refresh_event(conn, Code.TOKEN_REVOKED, None))
+        conn.apply(conn.session.refresh_failed(Code.TOKEN_REVOKED, message.id))
+        return
+    actions = conn.session.refreshed(principal, message.id)
+    metrics.REFRESHES.labels("ok" if conn.session.principal is principal else "refused").inc()
+    conn.apply(actions)
+
+
+def _refresh_event(conn: Connection, code: Code, exc: TokenError | None) -> SecurityEvent:
+    admission = conn.session.admission
+    return SecurityEvent(
+        event="ws.refresh_failed",
+        code=code,
+        endpoint=admission.endpoint.path,
+        client_ip=admission.client_ip,
+        user_agent=admission.user_agent,
+        verified_sub=conn.sub,
+        claimed_sub=exc.claimed_sub if exc else None,
+        jti=exc.jti if exc else None,
+        fingerprint=exc.fingerprint if exc else None,
+        detail=exc.detail if exc else None,
+    )
+
+
+def _close_event(conn: Connection) -> SecurityEvent:
+    admission = conn.session.admission
+    assert conn.close_code is not None
+    return SecurityEvent(
+        event="ws.closed",
+        code=conn.close_code,
+        endpoint=admission.endpoint.path,
+        client_ip=admission.client_ip,
+        user_agent=admission.user_agent,
+        verified_sub=conn.sub,
+        jti=conn.session.principal.jti,
+        fingerprint=conn.session.principal.fingerprint,
+    )
+
+
+@router.websocket("/ws/agent")
+async def agent_socket(
+    websocket: WebSocket, admission: Annotated[Admission, Depends(Handshake(Endpoint.AGENT))]
+) -> None:
+    await _serve(websocket, admission)
+
+
+@router.websocket("/ws/dashboard")
+async def dashboard_socket(
+    websocket: WebSocket, admission: Annotated[Admission, Depends(Handshake(Endpoint.DASHBOARD))]
+) -> None:
+    await _serve(websocket, admission)

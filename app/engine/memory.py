@@ -1,0 +1,318 @@
+"""The embedded engine: limits, leases and control events in this process's memory.
+
+It serves exactly one worker (the settings refuse more without Redis). Every method runs to
+completion without awaiting, so on one event loop each one is atomic, as the interface requires.
+
+Guarantees beyond :class:`app.engine.base.Engine`:
+
+- Time comes from ``clock`` (``time.monotonic`` by default); tests inject their own.
+- Memory stays bounded: a key whose window, failures, ban or slots are all gone is dropped, by
+  purge on access, by a full sweep whenever the tables have doubled since the last one, and by a
+  periodic sweep while started. Past ``max_keys`` entries in one table (an attacker rotating
+  addresses faster than windows empty), the oldest *rate* or *failure* logs are evicted, never
+  bans or slots: losing a counter weakens a limit for one key, losing a ban would lift it.
+- IP addresses are normalised (``::ffff:1.2.3.4`` is ``1.2.3.4``; one IPv6 address has one
+  spelling), so a different spelling of the same address shares its window and ban.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import structlog
+
+from app.engine.base import (
+    Admitted,
+    ControlEvent,
+    ControlHandler,
+    IpVerdict,
+    Refused,
+    UserVerdict,
+)
+from app.errors import Code
+
+log = structlog.get_logger("app.engine")
+
+Clock = Callable[[], float]
+
+SWEEP_INTERVAL_SECONDS = 30.0
+MIN_SWEEP_TRIGGER = 1024
+DEFAULT_MAX_KEYS = 1_000_000
+
+_V = TypeVar("_V")
+
+
+def normalize_ip(ip: str) -> str:
+    """One spelling per address; a string that is not an address is kept as it is."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+class _Log:
+    """Admitted timestamps of one key inside a sliding window (exact, not bucketed)."""
+
+    __slots__ = ("times", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.times: deque[float] = deque()
+
+    def purge(self, now: float) -> None:
+        # An attempt at t counts while now < t + window.
+        edge = now - self.window
+        times = self.times
+        while times and times[0] <= edge:
+            times.popleft()
+
+    def retry_after(self, now: float) -> int:
+        return max(1, math.ceil(self.times[0] + self.window - now))
+
+
+class MemoryEngine:
+    """The in-process engine (see the module docstring for its guarantees)."""
+
+    name = "embedded"
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        clock: Clock = time.monotonic,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+    ) -> None:
+        self.worker_id = worker_id
+        self._clock = clock
+        self._max_keys = max_keys
+        self._sweep_interval = sweep_interval
+        self._ip_rate: dict[str, _Log] = {}
+        self._ip_fails: dict[str, _Log] = {}
+        self._bans: dict[str, float] = {}
+        self._user_rate: dict[str, _Log] = {}
+        self._slots: dict[str, dict[str, float]] = {}
+        self._sweep_trigger = MIN_SWEEP_TRIGGER
+        self._handler: ControlHandler | None = None
+        # Strong references: the loop keeps only weak ones to tasks.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._sweeper is None and not self._closed:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="engine-sweep")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._sweeper, *self._tasks) if t is not None]
+        self._sweeper = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def ping(self) -> bool:
+        return True
+
+    # -- limits ------------------------------------------------------------------------------
+
+    async def check_ip(self, ip: str, *, limit: int, window: int = 60) -> IpVerdict:
+        now = self._clock()
+        ip = normalize_ip(ip)
+        banned = self._ban_left(ip, now)
+        if banned is not None:
+            return Refused(Code.IP_BANNED, banned)
+        entry = self._log(self._ip_rate, ip, window, now)
+        if len(entry.times) >= limit:
+            return Refused(Code.RATE_LIMITED, entry.retry_after(now))
+        entry.times.append(now)
+        self._after_insert()
+        return Admitted()
+
+    async def admit_user(
+        self,
+        sub: str,
+        conn_id: str,
+        *,
+        rate_limit: int,
+        max_connections: int,
+        lease_seconds: int,
+        window: int = 60,
+    ) -> UserVerdict:
+        now = self._clock()
+        slots = self._live_slots(sub, now)
+        entry = self._log(self._user_rate, sub, window, now)
+        if len(entry.times) >= rate_limit:
+            return Refused(Code.RATE_LIMITED, entry.retry_after(now))
+        # A conn_id that already holds a slot is re-admitted, not counted twice against the max.
+        if conn_id not in slots and len(slots) >= max_connections:
+            return Refused(Code.CONNECTION_LIMIT)
+        entry.times.append(now)
+        slots[conn_id] = now + lease_seconds
+        self._slots[sub] = slots
+        self._after_insert()
+        return Admitted()
+
+    async def release(self, sub: str, conn_id: str) -> None:
+        slots = self._slots.get(sub)
+        if slots is None:
+            return
+        slots.pop(conn_id, None)
+        if not slots:
+            del self._slots[sub]
+
+    async def renew(self, leases: Iterable[tuple[str, str]], *, lease_seconds: int) -> None:
+        now = self._clock()
+        expiry = now + lease_seconds
+        for sub, conn_id in leases:
+            slots = self._live_slots(sub, now)
+            # An expired lease is not brought back: its slot may already belong to someone else.
+            if conn_id in slots:
+                slots[conn_id] = expiry
+            if slots:
+                self._slots[sub] = slots
+
+    async def count_connections(self, sub: str) -> int:
+        slots = self._live_slots(sub, self._clock())
+        if slots:
+            self._slots[sub] = slots
+        return len(slots)
+
+    async def record_auth_failure(
+        self, ip: str, *, threshold: int, window: int, ban_seconds: int
+    ) -> bool:
+        now = self._clock()
+        ip = normalize_ip(ip)
+        if self._ban_left(ip, now) is not None:
+            return False
+        entry = self._log(self._ip_fails, ip, window, now)
+        entry.times.append(now)
+        banned = len(entry.times) >= threshold
+        if banned:
+            # Counting starts afresh once the ban is over.
+            del self._ip_fails[ip]
+            self._bans[ip] = now + ban_seconds
+        self._after_insert()
+        return banned
+
+    async def ban_ip(self, ip: str, *, seconds: int) -> None:
+        self._bans[normalize_ip(ip)] = self._clock() + seconds
+        self._after_insert()
+
+    async def unban_ip(self, ip: str) -> None:
+        ip = normalize_ip(ip)
+        self._bans.pop(ip, None)
+        self._ip_fails.pop(ip, None)
+
+    # -- control events ----------------------------------------------------------------------
+
+    async def publish(self, event: ControlEvent) -> None:
+        handler = self._handler
+        if handler is None or self._closed:
+            return
+        # Scheduled, not awaited: a handler that publishes must not recurse into itself, and the
+        # publisher must not wait on (or fail with) the handler, as with Redis.
+        task = asyncio.create_task(self._deliver(handler, event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def subscribe(self, handler: ControlHandler) -> None:
+        self._handler = handler
+
+    @staticmethod
+    async def _deliver(handler: ControlHandler, event: ControlEvent) -> None:
+        try:
+            await handler(event)
+        except Exception:
+            log.exception("engine.handler_failed", kind=event.kind)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def tracked_keys(self) -> int:
+        """How many per-key entries are held (for tests and metrics)."""
+        return (
+            len(self._ip_rate)
+            + len(self._ip_fails)
+            + len(self._bans)
+            + len(self._user_rate)
+            + len(self._slots)
+        )
+
+    def sweep(self) -> None:
+        """Drop every entry whose window, ban or leases are over."""
+        now = self._clock()
+        for table in (self._ip_rate, self._ip_fails, self._user_rate):
+            for key in list(table):
+                entry = table[key]
+                entry.purge(now)
+                if not entry.times:
+                    del table[key]
+        for ip in [ip for ip, until in self._bans.items() if until <= now]:
+            del self._bans[ip]
+        for sub in list(self._slots):
+            self._live_slots(sub, now)
+        self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
+
+    def _log(self, table: dict[str, _Log], key: str, window: int, now: float) -> _Log:
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = _Log(window)
+        else:
+            entry.window = window
+            entry.purge(now)
+        return entry
+
+    def _ban_left(self, ip: str, now: float) -> int | None:
+        until = self._bans.get(ip)
+        if until is None:
+            return None
+        if until <= now:
+            del self._bans[ip]
+            return None
+        return max(1, math.ceil(until - now))
+
+    def _live_slots(self, sub: str, now: float) -> dict[str, float]:
+        """The unexpired slots of ``sub``; the stored entry is dropped when none is left."""
+        slots = self._slots.get(sub)
+        if slots is None:
+            return {}
+        for conn_id in [c for c, until in slots.items() if until <= now]:
+            del slots[conn_id]
+        if not slots:
+            del self._slots[sub]
+        return slots
+
+    def _after_insert(self) -> None:
+        # Amortised O(1): a full sweep only once the tables have doubled since the last one.
+        if self.tracked_keys() >= self._sweep_trigger:
+            self.sweep()
+            for table in (self._ip_rate, self._ip_fails, self._user_rate):
+                _evict_oldest(table, self._max_keys)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.sweep()
+
+
+def _evict_oldest(table: dict[str, _V], cap: int) -> None:
+    excess = len(table) - cap
+    if excess <= 0:
+        return
+    # Dicts keep insertion order: the first keys are the oldest windows.
+    for key in list(table)[:excess]:
+        del table[key]
+    log.warning("engine.keys_evicted", count=excess, cap=cap)

@@ -1,0 +1,279 @@
+"""The handshake decision: plain code from request facts to an admission or a refusal.
+
+Checks run cheapest first, and nothing that costs a signature check runs before the address checks:
+configured and operators' bans, Origin, the engine's per-IP ban and rate window, the token (found,
+parsed, verified), revocation, role, and last, in one engine step, the per-user rate window and a
+connection slot. The endpoint module turns the outcome into socket I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app import metrics
+from app.bans import BanList
+from app.config import Settings
+from app.engine import Admitted, Engine, EngineUnavailable, Refused
+from app.errors import Code
+from app.netaddr import NetworkSet, client_ip
+from app.revocations import RevocationList
+from app.roles import Endpoint, may_connect
+from app.security_log import SecurityEvent, SecurityLog
+from app.tokens import Principal, TokenError, TokenVerifier
+
+SUBPROTOCOL = "hub.v1"
+BEARER_PREFIX = "bearer."
+UNAVAILABLE_RETRY_AFTER = 5
+_QUERY_TOKEN = re.compile(rb"(?:^|&)token=([^&]*)")
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
+
+Transport = Literal["header", "subprotocol", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """What the handshake is decided on, independent of the server's types."""
+
+    endpoint: Endpoint
+    peer: str | None
+    headers: Mapping[str, str]
+    forwarded_for: Sequence[str]
+    raw_query: bytes
+    subprotocols: Sequence[str]
+
+    @property
+    def offers_hub_protocol(self) -> bool:
+        return SUBPROTOCOL in self.subprotocols
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An accepted handshake: the connection's context for its whole life."""
+
+    conn_id: str
+    endpoint: Endpoint
+    principal: Principal
+    client_ip: str
+    transport: Transport
+    subprotocol: str | None
+    user_agent: str | None
+    origin: str | None
+    connected_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class HandshakeRefused(Exception):
+    """A refused handshake. ``http_only``: never sent in the socket form (address refusals)."""
+
+    code: Code
+    retry_after: int = 0
+    http_only: bool = False
+    subprotocol: str | None = None
+
+
+class TokenSearchError(Exception):
+    pass
+
+
+def find_token(
+    headers: Mapping[str, str], subprotocols: Sequence[str], raw_query: bytes, allow_query: bool
+) -> tuple[str, Transport] | None:
+    """The token and where it travelled, in the contract's order; None when there is none.
+
+    Raises TokenSearchError when a transport is present but unusable (an ``Authorization`` header
+    that is not ``Bearer``, two ``bearer.`` subprotocols, a query value with other characters than
+    a compact JWS has): that is ``token_malformed``, not a reason to look elsewhere.
+    """
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise TokenSearchError("authorization is not Bearer")
+        return value.strip(), "header"
+    bearers = [p[len(BEARER_PREFIX):] for p in subprotocols if p.startswith(BEARER_PREFIX)]
+    if bearers:
+        if len(bearers) > 1:
+            raise TokenSearchError("more than one bearer subprotocol")
+        return bearers[0], "subprotocol"
+    if allow_query and raw_query:
+        # The literal parameter only, undecoded: a JWS needs no escaping, and a spelling such as
+        # %74oken= would slip past the log redaction.
+        found = _QUERY_TOKEN.findall(raw_query)
+        if found:
+            if len(found) > 1:
+                raise TokenSearchError("more than one token parameter")
+            value = found[0].decode("latin-1")
+            if not _TOKEN_CHARS.match(value):
+                raise TokenSearchError("query token has characters a JWS never has")
+            return value, "query"
+    return None
+
+
+class Gatekeeper:
+    """Decides handshakes. :meth:`admit` returns an :class:`Admission` holding a connection slot,
+    which the caller must give back with :meth:`release`; it raises :class:`HandshakeRefused`
+    otherwise (having logged the refusal), and nothing else."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: TokenVerifier,
+        engine: Engine,
+        bans: BanList,
+        revocations: RevocationList,
+        security_log: SecurityLog,
+    ) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._engine = engine
+        self._bans = bans
+        self._revocations = revocations
+        self._log = security_log
+        self._trusted = NetworkSet(settings.trusted_networks)
+        self._origins = frozenset(settings.allowed_origins)
+
+    def client_ip(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
+        return client_ip(peer, forwarded_for, self._trusted)
+
+    async def admit(self, request: HandshakeRequest) -> Admission:
+        started = time.perf_counter()
+        ip = self.client_ip(request.peer, request.forwarded_for)
+        subprotocol = SUBPROTOCOL if request.offers_hub_protocol else None
+        try:
+            admission = await self._decide(request, ip, subprotocol)
+        except HandshakeRefused as refused:
+            refused.subprotocol = subprotocol
+            metrics.HANDSHAKES.labels(request.endpoint.value, refused.code.value).inc()
+            raise
+        finally:
+            metrics.HANDSHAKE_SECONDS.labels(request.endpoint.value).observe(
+                time.perf_counter() - started
+            )
+        metrics.HANDSHAKES.labels(request.endpoint.value, "accepted").inc()
+        return admission
+
+    async def release(self, admission: Admission) -> None:
+        await self._engine.release(admission.principal.sub, admission.conn_id)
+
+    async def _decide(self, request: HandshakeRequest, ip: str, subprotocol: str | None) -> Admission:
+        settings = self._settings
+        refuse = _Refuser(self._log, request, ip)
+        if self._bans.is_banned(ip):
+            raise refuse(Code.IP_BANNED, http_only=True)
+        origin = request.headers.get("origin")
+        if self._origins and (origin is None or origin.rstrip("/") not in self._origins):
+            raise refuse(Code.ORIGIN_FORBIDDEN)
+        verdict = await self._engine_step(
+            refuse, self._engine.check_ip(ip, limit=settings.connect_rate_per_ip)
+        )
+        if isinstance(verdict, Refused):
+            raise refuse(verdict.code, retry_after=verdict.retry_after, http_only=True)
+
+        try:
+            found = find_token(
+                request.headers, request.subprotocols, request.raw_query, settings.allow_query_token
+            )
+        except TokenSearchError as exc:
+            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MALFORMED, str(exc))) from None
+        if found is None:
+            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MISSING, "no token"))
+        token, transport = found
+        try:
+            principal = await self._verifier.verify(token)
+        except TokenError as exc:
+            raise await self._auth_failure(refuse, exc) from None
+        refuse.principal = principal
+        if self._revocations.is_revoked(principal):
+            raise refuse(Code.TOKEN_REVOKED)
+        if not may_connect(principal.roles, request.endpoint):
+            raise refuse(Code.ROLE_FORBIDDEN)
+
+        conn_id = uuid.uuid4().hex
+        verdict = await self._engine_step(
+            refuse,
+            self._engine.admit_user(
+                principal.sub,
+                conn_id,
+                rate_limit=settings.connect_rate_per_user,
+                max_connections=settings.max_connections_per_user,
+                lease_seconds=settings.connection_lease_seconds,
+            ),
+        )
+        if isinstance(verdict, Refused):
+            raise refuse(verdict.code, retry_after=verdict.retry_after)
+        return Admission(
+            conn_id=conn_id,
+            endpoint=request.endpoint,
+            principal=principal,
+            client_ip=ip,
+            transport=transport,
+            subprotocol=subprotocol,
+            user_agent=request.headers.get("user-agent"),
+            origin=origin,
+        )
+
+    async def _engine_step(
+        self, refuse: _Refuser, step: Awaitable[Admitted | Refused]
+    ) -> Admitted | Refused:
+        try:
+            return await step
+        except EngineUnavailable:
+            metrics.ENGINE_ERRORS.labels("handshake").inc()
+            raise refuse(Code.UNAVAILABLE, retry_after=UNAVAILABLE_RETRY_AFTER) from None
+
+    async def _auth_failure(self, refuse: _Refuser, error: TokenError) -> HandshakeRefused:
+        metrics.AUTH_FAILURES.labels(error.code.value).inc()
+        refused = refuse(error.code, error=error)
+        settings = self._settings
+        try:
+            await self._engine.record_auth_failure(
+                refuse.ip,
+                threshold=settings.auth_failures_before_ban,
+                window=settings.auth_failure_window_seconds,
+                ban_seconds=settings.auth_failure_ban_seconds,
+            )
+        except EngineUnavailable:
+            metrics.ENGINE_ERRORS.labels("auth_failure").inc()
+        return refused
+
+
+class _Refuser:
+    """Builds a refusal and logs it as one security event with everything known so far."""
+
+    def __init__(self, security_log: SecurityLog, request: HandshakeRequest, ip: str) -> None:
+        self._log = security_log
+        self._request = request
+        self.ip = ip
+        self.principal: Principal | None = None
+
+    def __call__(
+        self,
+        code: Code,
+        *,
+        retry_after: int = 0,
+        http_only: bool = False,
+        error: TokenError | None = None,
+    ) -> HandshakeRefused:
+        headers = self._request.headers
+        principal = self.principal
+        self._log.record(
+            SecurityEvent(
+                event="ws.auth_failed",
+                code=code,
+                endpoint=self._request.endpoint.path,
+                client_ip=self.ip,
+                user_agent=headers.get("user-agent"),
+                origin=headers.get("origin"),
+                claimed_sub=error.claimed_sub if error else None,
+                verified_sub=principal.sub if principal else None,
+                jti=error.jti if error else principal.jti if principal else None,
+                fingerprint=error.fingerprint if error else principal.fingerprint if principal else None,
+                detail=error.detail if error else None,
+            )
+        )
+        return HandshakeRefused(code, retry_after=retry_after, http_only=http_only)

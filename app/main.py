@@ -1,0 +1,107 @@
+"""The ASGI application: ``create_app(settings)`` builds one; ``app.main:app`` is built lazily
+from the environment the first time a server asks for it (no settings exist at import time)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from app.config import Settings, SettingsError, load_settings
+from app.endpoints import refuse
+from app.endpoints import router as ws_router
+from app.handshake import HandshakeRefused
+from app.logs import configure_logging, get_logger, install_redaction
+from app.runtime import Runtime
+
+log = get_logger("app.main")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the hub for ``settings``. Resources open in the lifespan and close in reverse."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.engine_name == "embedded" and _uvicorn_workers() > 1:
+            log.error(
+                "hub.refused_to_start",
+                reason="the embedded engine cannot enforce limits across processes; "
+                "set HUB_REDIS_URL to run more than one worker",
+            )
+            raise SystemExit(3)
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    install_redaction()
+    app = FastAPI(
+        title="Agent hub",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.add_exception_handler(HandshakeRefused, refuse)  # type: ignore[arg-type]
+    app.include_router(ws_router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        runtime: Runtime = app.state.runtime
+        engine_ok = await runtime.engine.ping()
+        body = {"status": "ok" if engine_ok else "unavailable", "engine": engine_ok}
+        return JSONResponse(body, status_code=200 if engine_ok else 503)
+
+    return app
+
+
+def _uvicorn_workers() -> int:
+    """How many workers the supervising uvicorn was asked for (1 when not supervised).
+
+    uvicorn starts workers as spawned children and gives the app no other way to know; reading the
+    parent's command line lets plain ``uvicorn --workers N`` refuse the embedded engine too.
+    """
+    if multiprocessing.parent_process() is None:
+        return 1
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return 1
+    workers = os.environ.get("WEB_CONCURRENCY", "1")
+    for index, arg in enumerate(argv):
+        if arg == b"--workers" and index + 1 < len(argv):
+            workers = argv[index + 1].decode(errors="replace")
+        elif arg.startswith(b"--workers="):
+            workers = arg.split(b"=", 1)[1].decode(errors="replace")
+    return int(workers) if workers.isdigit() else 1
+
+
+def _from_environment() -> FastAPI:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        application = _from_environment()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,61 @@
+"""The revocation list as every handshake and refresh sees it: an in-memory view.
+
+It is filled at start from the store and kept current by control events from the engine, so a
+check never waits on the database or on Redis. Entries are keyed by ``jti`` or by ``sub`` with a
+time, never by the token itself (tokens are malleable; see RFC 8725).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.tokens import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """``jti`` revokes one token; ``sub`` revokes every token of that subject issued before
+    ``issued_before`` (Unix seconds). ``expires_at`` is when the entry can be forgotten."""
+
+    jti: str | None = None
+    sub: str | None = None
+    issued_before: float | None = None
+    expires_at: float | None = None
+
+
+class RevocationList:
+    """Membership tests for revoked tokens. Not thread-safe; used from the event loop only."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._jti: dict[str, float | None] = {}
+        self._sub: dict[str, tuple[float, float | None]] = {}
+        self._clock = clock
+
+    def add(self, revocation: Revocation) -> None:
+        if revocation.jti is not None:
+            self._jti[revocation.jti] = revocation.expires_at
+        elif revocation.sub is not None:
+            before = revocation.issued_before if revocation.issued_before is not None else self._clock()
+            current = self._sub.get(revocation.sub)
+            if current is None or current[0] < before:
+                self._sub[revocation.sub] = (before, revocation.expires_at)
+
+    def is_revoked(self, principal: Principal) -> bool:
+        if principal.jti is not None and principal.jti in self._jti:
+            return True
+        entry = self._sub.get(principal.sub)
+        if entry is None:
+            return False
+        # A token without `iat` cannot prove it was issued after the cut-off: it is revoked too.
+        return principal.iat is None or principal.iat < entry[0]
+
+    def prune(self) -> None:
+        """Forget entries whose tokens would have expired anyway."""
+        now = self._clock()
+        self._jti = {k: v for k, v in self._jti.items() if v is None or v > now}
+        self._sub = {k: v for k, v in self._sub.items() if v[1] is None or v[1] > now}
+
+    def __len__(self) -> int:
+        return len(self._jti) + len(self._sub)

@@ -1,0 +1,126 @@
+"""The hub's resources for one worker, opened in the lifespan and closed in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+
+from app.bans import BanList
+from app.config import Settings
+from app.connections import Registry
+from app.engine import ControlEvent, Engine, EngineUnavailable, create_engine
+from app.errors import Code
+from app.handshake import Gatekeeper
+from app.hub import Hub
+from app.jwks import JwksKeys
+from app.logs import get_logger
+from app.revocations import Revocation, RevocationList
+from app.security_log import SecurityLog
+from app.session import Limits
+from app.tokens import TokenVerifier
+
+log = get_logger("app.runtime")
+
+
+class Runtime:
+    """Everything a worker needs to serve: built from the settings, nothing global."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.engine = engine or create_engine(
+            settings.redis_url, prefix=settings.redis_prefix, worker_id=self.worker_id
+        )
+        self.jwks = JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.verifier = TokenVerifier.from_settings(
+            settings, key_lookup=self.jwks.lookup if self.jwks else None
+        )
+        self.bans = BanList(settings.banned_networks)
+        self.revocations = RevocationList()
+        self.security_log = SecurityLog()
+        self.registry = Registry()
+        self.gatekeeper = Gatekeeper(
+            settings, self.verifier, self.engine, self.bans, self.revocations, self.security_log
+        )
+        self.limits = Limits(
+            refresh_warning_seconds=settings.refresh_warning_seconds,
+            leeway_seconds=settings.jwt_leeway_seconds,
+            message_rate=settings.message_rate_per_second,
+            message_burst=settings.message_burst,
+        )
+        self.hub = Hub(self)
+        self.log = get_logger("app.ws")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.engine.subscribe(self.on_control)
+        await self.engine.start()
+        if self.jwks is not None:
+            await self.jwks.prefetch()
+        self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
+        log.info("hub.started", worker=self.worker_id, engine=self.engine.name)
+
+    async def stop(self) -> None:
+        """Close every connection with 1012 ``service_restart``, wait for them (bounded by
+        ``shutdown_grace_seconds``) so their slots are released, then stop background work."""
+        closing = list(self.registry)
+        for conn in closing:
+            conn.close(Code.SERVICE_RESTART)
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_seconds
+        while len(self.registry) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.engine.close()
+        log.info("hub.stopped", worker=self.worker_id, closed=len(closing))
+
+    async def _renew_leases(self) -> None:
+        interval = max(1.0, self.settings.connection_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            leases = self.registry.leases()
+            if not leases:
+                continue
+            try:
+                await self.engine.renew(leases, lease_seconds=self.settings.connection_lease_seconds)
+            except EngineUnavailable:
+                log.warning("engine.renew_failed", connections=len(leases))
+            except Exception:
+                log.exception("engine.renew_error")
+
+    async def on_control(self, event: ControlEvent) -> None:
+        """Apply a cluster-wide instruction to this worker's connections."""
+        data = event.data
+        if event.kind == "kick":
+            sub = str(data["sub"])
+            closed = self.registry.close_where(lambda c: c.sub == sub, Code.KICKED)
+        elif event.kind == "revoke_jti":
+            jti = str(data["jti"])
+            self.revocations.add(Revocation(jti=jti, expires_at=data.get("expires_at")))
+            closed = self.registry.close_where(
+                lambda c: c.session.principal.jti == jti, Code.TOKEN_REVOKED
+            )
+        elif event.kind == "revoke_sub":
+            self.revocations.add(
+                Revocation(sub=str(data["sub"]), issued_before=data.get("issued_before"))
+            )
+            closed = self.registry.close_where(
+                lambda c: self.revocations.is_revoked(c.session.principal), Code.TOKEN_REVOKED
+            )
+        elif event.kind == "ban":
+            if data.get("removed"):
+                self.bans.remove(str(data["id"]))
+                return
+            self.bans.add(str(data["id"]), str(data["cidr"]), data.get("expires_at"))
+            closed = self.registry.close_where(
+                lambda c: self.bans.is_banned(c.session.admission.client_ip), Code.IP_BANNED
+            )
+        else:
+            await self.hub.on_route(event)
+            return
+        log.info("control.applied", kind=event.kind, closed=closed)

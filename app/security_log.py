@@ -1,0 +1,62 @@
+"""Security events (FR-007): every refusal and forced close, with its security context.
+
+Each event is logged at once as one structured line (``ws.auth_failed``, ``admin.auth_failed``,
+``ws.closed``...). A sink (the store, see :mod:`app.store`) may also receive it; the sink must not
+block: it buffers and drops, counting what it drops.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from app.errors import Code
+from app.logs import get_logger
+
+log = get_logger("app.security")
+
+_WORKER = f"{os.uname().nodename}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """One refusal or forced close. Never holds a token: only its fingerprint."""
+
+    event: str
+    code: Code
+    endpoint: str
+    client_ip: str
+    user_agent: str | None = None
+    origin: str | None = None
+    claimed_sub: str | None = None
+    verified_sub: str | None = None
+    jti: str | None = None
+    fingerprint: str | None = None
+    detail: str | None = None
+    at: float = field(default_factory=time.time)
+    worker: str = _WORKER
+
+
+EventSink = Callable[[SecurityEvent], None]
+
+
+class SecurityLog:
+    """Logs security events and hands them to an optional non-blocking sink."""
+
+    def __init__(self, sink: EventSink | None = None) -> None:
+        self._sink = sink
+
+    def set_sink(self, sink: EventSink | None) -> None:
+        self._sink = sink
+
+    def record(self, event: SecurityEvent) -> None:
+        fields = {k: v for k, v in asdict(event).items() if v is not None and k != "event"}
+        fields["code"] = str(event.code)
+        if event.claimed_sub is not None:
+            # Read from a token whose signature may not have been checked: say so.
+            fields["claimed_sub_unverified"] = fields.pop("claimed_sub")
+        log.warning(event.event, **fields)
+        if self._sink is not None:
+            self._sink(event)

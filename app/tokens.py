@@ -1,0 +1,297 @@
+"""Token verification: the only module that touches python-jose.
+
+The verifier decides the algorithm (an allowlist from the settings, one key per algorithm family),
+parses the compact form itself so that a malformed token is told apart from a bad signature, lets
+python-jose check only the signature, and checks every claim itself with strict types. Every
+failure is a :class:`TokenError` carrying exactly one contract code; nothing else escapes
+:meth:`TokenVerifier.verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jose import jwk, jws
+from jose.backends.base import Key
+
+from app.config import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, Settings
+from app.errors import Code
+
+_B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+_MAX_CLAIM_CHARS = 256
+_MAX_ROLES = 32
+_KTY_FOR_FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token speaks for. Immutable: a refresh makes a new one."""
+
+    sub: str
+    roles: frozenset[str]
+    tenant: str | None
+    jti: str | None
+    exp: float
+    iat: float | None
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class TokenError(Exception):
+    """A token was refused. ``code`` is the contract code; the rest is unverified log context."""
+
+    code: Code
+    detail: str
+    claimed_sub: str | None = None
+    jti: str | None = None
+    fingerprint: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+def fingerprint(token: str) -> str:
+    """A short SHA-256 prefix that identifies a token in logs without revealing it."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _b64decode(segment: bytes) -> bytes:
+    if not _B64URL.match(segment):
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    def _no_constants(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    value = json.loads(raw, parse_constant=_no_constants)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _short(value: object) -> str | None:
+    return value[:_MAX_CLAIM_CHARS] if isinstance(value, str) else None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    fingerprint: str
+
+    def error(self, code: Code, detail: str) -> TokenError:
+        return TokenError(
+            code, detail, _short(self.claims.get("sub")), _short(self.claims.get("jti")),
+            self.fingerprint,
+        )
+
+
+def parse(token: str, max_bytes: int) -> _Parsed:
+    """Split and decode a compact JWS without verifying it. Raises TokenError(token_malformed)."""
+    if len(token) > max_bytes:
+        # Unparsed on purpose: nothing from an oversized token reaches a decoder or a log.
+        raise TokenError(Code.TOKEN_MALFORMED, f"longer than {max_bytes} bytes")
+    fp = fingerprint(token)
+    try:
+        raw = token.encode("ascii")
+        parts = raw.split(b".")
+        if len(parts) != 3 or not parts[2]:
+            raise ValueError("not three segments")
+        header = _json_object(_b64decode(parts[0]))
+        claims = _json_object(_b64decode(parts[1]))
+        _b64decode(parts[2])
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise TokenError(Code.TOKEN_MALFORMED, str(exc)[:100], fingerprint=fp) from None
+    return _Parsed(header, claims, fp)
+
+
+KeyLookup = Callable[[str, str], Awaitable[Key | None]]
+"""``(kid, alg) -> key``: a key set by identifier (JWKS), or None when it has no such key."""
+
+
+@dataclass(slots=True)
+class TokenVerifier:
+    """Verifies access tokens against the configured keys and claims.
+
+    :meth:`verify` returns a :class:`Principal` or raises :class:`TokenError`; it never raises
+    anything else, whatever the input.
+    """
+
+    algorithms: frozenset[str]
+    static_keys: Mapping[str, Key]
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = 0.0
+    max_token_bytes: int = 8192
+    key_lookup: KeyLookup | None = None
+    clock: Callable[[], float] = field(default=time.time)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, key_lookup: KeyLookup | None = None) -> TokenVerifier:
+        """Build keys once. Raises ValueError if a configured key does not fit its algorithm."""
+        keys: dict[str, Key] = {}
+        for alg in settings.jwt_algorithms:
+            if alg in HMAC_ALGORITHMS and settings.jwt_secret is not None:
+                keys[alg] = jwk.construct(settings.jwt_secret.get_secret_value().encode(), alg)
+            elif alg in PUBLIC_KEY_ALGORITHMS and settings.jwt_public_key_file is not None:
+                pem = settings.jwt_public_key_file.read_bytes()
+                try:
+                    keys[alg] = jwk.construct(pem, alg)
+                except Exception as exc:
+                    raise ValueError(
+                        f"HUB_JWT_PUBLIC_KEY_FILE: not a public key usable with {alg}"
+                    ) from exc
+                if keys[alg].is_public() is False:
+                    raise ValueError("HUB_JWT_PUBLIC_KEY_FILE: holds a private key; give the public one")
+        return cls(
+            algorithms=frozenset(settings.jwt_algorithms),
+            static_keys=keys,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=float(settings.jwt_leeway_seconds),
+            max_token_bytes=settings.max_token_bytes,
+            key_lookup=key_lookup,
+        )
+
+    async def verify(self, token: str) -> Principal:
+        parsed = parse(token, self.max_token_bytes)
+        try:
+            key = await self._key_for(parsed)
+            try:
+                jws.verify(token, key, algorithms=[parsed.header["alg"]])
+            except Exception:
+                raise parsed.error(Code.TOKEN_INVALID, "signature verification failed") from None
+            return self._principal(parsed)
+        except TokenError:
+            raise
+        except Exception as exc:  # a library surprise is still a refusal, never a 500
+            raise parsed.error(Code.TOKEN_INVALID, f"unexpected {type(exc).__name__}") from None
+
+    async def _key_for(self, parsed: _Parsed) -> Key:
+        alg = parsed.header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise parsed.error(Code.TOKEN_INVALID, f"algorithm {str(alg)[:20]!r} not allowed")
+        kid = parsed.header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise parsed.error(Code.TOKEN_MALFORMED, "kid is not a string")
+        if kid is not None and self.key_lookup is not None and alg in PUBLIC_KEY_ALGORITHMS:
+            key = await self.key_lookup(kid[:_MAX_CLAIM_CHARS], alg)
+            if key is not None:
+                return key
+            if alg not in self.static_keys:
+                raise parsed.error(Code.TOKEN_INVALID, "unknown key id")
+        key = self.static_keys.get(alg)
+        if key is None and self.key_lookup is not None and alg in PUBLIC_KEY_ALGORITHMS:
+            key = await self.key_lookup("", alg)
+        if key is None:
+            raise parsed.error(Code.TOKEN_INVALID, "no key for this algorithm")
+        return key
+
+    def _principal(self, parsed: _Parsed) -> Principal:
+        claims = parsed.claims
+        bad = parsed.error
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > _MAX_CLAIM_CHARS:
+            raise bad(Code.CLAIMS_INVALID, "sub missing or not a string")
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_number(claims[name]):
+                raise bad(Code.CLAIMS_INVALID, f"{name} is not a number")
+        if "exp" not in claims:
+            raise bad(Code.CLAIMS_INVALID, "exp missing")
+        roles = _roles(claims)
+        if roles is None:
+            raise bad(Code.CLAIMS_INVALID, "roles missing or not a list of strings")
+        tenant, jti = claims.get("tenant"), claims.get("jti")
+        for name, value in (("tenant", tenant), ("jti", jti)):
+            if value is not None and (not isinstance(value, str) or len(value) > _MAX_CLAIM_CHARS):
+                raise bad(Code.CLAIMS_INVALID, f"{name} is not a string")
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            raise bad(Code.CLAIMS_INVALID, "iss missing or wrong")
+        if self.audience is not None:
+            aud = claims.get("aud")
+            auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            if self.audience not in auds:
+                raise bad(Code.CLAIMS_INVALID, "aud missing or wrong")
+        now = self.clock()
+        exp = float(claims["exp"])
+        if now >= exp + self.leeway:
+            raise bad(Code.TOKEN_EXPIRED, "exp passed")
+        for name in ("nbf", "iat"):
+            if name in claims and float(claims[name]) > now + self.leeway:
+                raise bad(Code.TOKEN_NOT_YET_VALID, f"{name} in the future")
+        iat = claims.get("iat")
+        return Principal(
+            sub=sub,
+            roles=roles,
+            tenant=tenant,
+            jti=jti,
+            exp=exp,
+            iat=float(iat) if iat is not None else None,
+            fingerprint=parsed.fingerprint,
+        )
+
+
+def _roles(claims: Mapping[str, Any]) -> frozenset[str] | None:
+    if "roles" in claims:
+        roles = claims["roles"]
+        if isinstance(roles, list) and len(roles) <= _MAX_ROLES and all(
+            isinstance(r, str) and len(r) <= 64 for r in roles
+        ):
+            return frozenset(roles)
+        return None
+    role = claims.get("role")
+    if isinstance(role, str) and len(role) <= 64:
+        return frozenset({role})
+    return None
+
+
+def mint(
+    key: str | bytes,
+    algorithm: str,
+    sub: str,
+    roles: list[str],
+    ttl: float,
+    *,
+    tenant: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
+    jti: str | None = None,
+    kid: str | None = None,
+    now: float | None = None,
+) -> str:
+    """Sign an access token (development and operations: ``hubctl token``, tests, benchmarks)."""
+    issued = time.time() if now is None else now
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "roles": roles,
+        "iat": int(issued),
+        "exp": int(issued + ttl),
+        "jti": jti or uuid.uuid4().hex,
+    }
+    if tenant is not None:
+        claims["tenant"] = tenant
+    if issuer is not None:
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
+    headers = {"kid": kid} if kid else None
+    return str(jws.sign(json.dumps(claims).encode(), key, headers=headers, algorithm=algorithm))

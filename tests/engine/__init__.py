@@ -1,0 +1,1 @@
+"""Contract tests of the state engines (embedded and Redis)."""
