@@ -7,9 +7,13 @@ from typing import Any
 
 from app.config import Settings
 
-# The `websockets` implementation answers pings, enforces the frame limit with 1009, and refuses an
-# oversized header line with a prompt HTTP error rather than hanging (see docs/operations.md).
-WS_IMPLEMENTATION = "websockets"
+# Measured on uvicorn 0.54 (docs/operations.md, "Server choices"): wsproto on h11 answers every
+# oversized header promptly (the app's own token_malformed, or h11's 400), honours pings and the
+# frame limit (1009). websockets-sansio leaves a >8 KiB header line hanging without an answer, and
+# httptools accepts headers of any size.
+WS_IMPLEMENTATION = "wsproto"
+HTTP_IMPLEMENTATION = "h11"
+H11_MAX_INCOMPLETE_EVENT_BYTES = 16 * 1024
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -19,6 +23,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.port,
         "workers": settings.workers,
         "ws": WS_IMPLEMENTATION,
+        "http": HTTP_IMPLEMENTATION,
+        "h11_max_incomplete_event_size": H11_MAX_INCOMPLETE_EVENT_BYTES,
         "ws_max_size": settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": settings.ping_interval_seconds,

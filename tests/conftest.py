@@ -1,0 +1,63 @@
+"""Shared fixtures: keys, token minting, and real hub server processes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.tokens import mint
+from tests.support.server import HubProcess
+
+SECRET = secrets.token_hex(32)
+
+# Generous address limits so that tests from 127.0.0.1 do not throttle each other; the tests of
+# those limits start servers of their own.
+BASE_ENV = {
+    "HUB_JWT_SECRET": SECRET,
+    "HUB_CONNECT_RATE_PER_IP": "100000",
+    "HUB_CONNECT_RATE_PER_USER": "100000",
+    "HUB_AUTH_FAILURES_BEFORE_BAN": "100000",
+}
+
+Mint = Callable[..., str]
+
+
+def make_token(sub: str = "agent-1", roles: list[str] | None = None, ttl: float = 300, **kw: Any) -> str:
+    return mint(SECRET, "HS256", sub, roles if roles is not None else ["agent"], ttl, **kw)
+
+
+@pytest.fixture
+def token() -> Mint:
+    return make_token
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hub")
+
+
+@pytest.fixture(scope="session")
+def hub(workdir: Path) -> Iterator[HubProcess]:
+    """One embedded-engine hub for the whole session (tests use their own subs)."""
+    server = HubProcess(dict(BASE_ENV), workdir, name="shared").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_hub(workdir: Path) -> Iterator[Callable[..., HubProcess]]:
+    """Start hubs with extra settings; all are stopped (or killed) at the end of the test."""
+    started: list[HubProcess] = []
+
+    def start(env: dict[str, str] | None = None, *, workers: int = 1, name: str = "hub") -> HubProcess:
+        server = HubProcess({**BASE_ENV, **(env or {})}, workdir, workers=workers, name=name)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.kill()
