@@ -136,6 +136,8 @@ class Gatekeeper:
         self._log = security_log
         self._trusted = NetworkSet(settings.trusted_networks)
         self._origins = frozenset(settings.allowed_origins)
+        # Set while the worker shuts down: new handshakes go elsewhere.
+        self.draining = False
 
     def client_ip(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
         return client_ip(peer, forwarded_for, self._trusted)
@@ -163,6 +165,8 @@ class Gatekeeper:
     async def _decide(self, request: HandshakeRequest, ip: str, subprotocol: str | None) -> Admission:
         settings = self._settings
         refuse = _Refuser(self._log, request, ip)
+        if self.draining:
+            raise refuse(Code.UNAVAILABLE, retry_after=1)
         if self._bans.is_banned(ip):
             raise refuse(Code.IP_BANNED, http_only=True)
         origin = request.headers.get("origin")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import threading
 import uuid
+from types import FrameType
+from typing import Any
 
 from app.bans import BanList
 from app.config import Settings
@@ -60,24 +64,67 @@ class Runtime:
         if self.jwks is not None:
             await self.jwks.prefetch()
         self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
+        self._drain_on_signals()
         log.info("hub.started", worker=self.worker_id, engine=self.engine.name)
 
-    async def stop(self) -> None:
-        """Close every connection with 1012 ``service_restart``, wait for them (bounded by
-        ``shutdown_grace_seconds``) so their slots are released, then stop background work."""
+    async def drain(self) -> int:
+        """Refuse new handshakes, close every connection with 1012 ``service_restart`` and wait
+        (at most ``shutdown_grace_seconds``) until they are gone and their slots released."""
+        self.gatekeeper.draining = True
         closing = list(self.registry)
         for conn in closing:
             conn.close(Code.SERVICE_RESTART)
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_seconds
         while len(self.registry) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
+        return len(closing)
+
+    def _drain_on_signals(self) -> None:
+        """Run :meth:`drain` before the server's own shutdown on SIGTERM/SIGINT.
+
+        uvicorn closes open sockets with a bare 1012 (no reason) as soon as it sees the signal;
+        chaining in front of its handler lets clients read ``service_restart`` and lets this
+        worker release its slots while the engine is still up.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                if self.gatekeeper.draining:
+                    previous(signum, frame)
+                    return
+                self.gatekeeper.draining = True
+
+                async def drain_then_exit() -> None:
+                    try:
+                        await self.drain()
+                    finally:
+                        previous(signum, frame)
+
+                loop.call_soon_threadsafe(lambda: self._tasks.append(loop.create_task(drain_then_exit())))
+
+            signal.signal(sig, handler)
+
+    async def stop(self) -> None:
+        """Drain (if the signal path did not already), then stop background work."""
+        closing = await self.drain()
+        current = asyncio.current_task()
         for task in self._tasks:
+            if task is current:
+                continue
             task.cancel()
         for task in self._tasks:
+            if task is current:
+                continue
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.engine.close()
-        log.info("hub.stopped", worker=self.worker_id, closed=len(closing))
+        log.info("hub.stopped", worker=self.worker_id, closed=closing)
 
     async def _renew_leases(self) -> None:
         interval = max(1.0, self.settings.connection_lease_seconds / 3)
