@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from app.engine.base import (
     Admitted,
+    ConnectionInfo,
     ControlEvent,
     Engine,
     EngineUnavailable,
@@ -19,6 +20,7 @@ from app.engine.base import (
 
 __all__ = [
     "Admitted",
+    "ConnectionInfo",
     "ControlEvent",
     "Engine",
     "EngineUnavailable",
@@ -32,9 +34,9 @@ __all__ = [
 def create_engine(redis_url: str | None, *, prefix: str = "hub", worker_id: str) -> Engine:
     """The Redis engine when a URL is given, else the embedded one."""
     if redis_url:
-        from app.engine.redis import RedisEngine
+        from app.engine.redis import RedisEngine  # noqa: PLC0415 (only when configured)
 
         return RedisEngine(redis_url, prefix=prefix, worker_id=worker_id)
-    from app.engine.memory import MemoryEngine
+    from app.engine.memory import MemoryEngine  # noqa: PLC0415
 
     return MemoryEngine(worker_id=worker_id)

@@ -51,6 +51,19 @@ class ControlEvent:
 
 
 ControlHandler = Callable[[ControlEvent], Awaitable[None]]
+MessageHandler = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """A live connection as the admin API lists it (never a token)."""
+
+    conn_id: str
+    sub: str
+    endpoint: str
+    client_ip: str
+    worker: str
+    connected_at: float
 
 
 class Engine(Protocol):
@@ -90,16 +103,23 @@ class Engine(Protocol):
         max_connections: int,
         lease_seconds: int,
         window: int = 60,
+        info: ConnectionInfo | None = None,
     ) -> UserVerdict:
-        """Count an attempt of ``sub`` (``rate_limited`` past ``rate_limit`` per ``window``), then take
-        a connection slot for ``conn_id`` (``connection_limit`` when ``max_connections`` are live).
-        One atomic step: a refused attempt takes no slot."""
+        """Count an attempt of ``sub`` (``rate_limited`` past ``rate_limit`` per ``window``),
+        then take a connection slot for ``conn_id`` (``connection_limit`` when
+        ``max_connections`` are live). One atomic step: a refused attempt takes no slot.
+        ``info`` is kept with the slot (same lease) for :meth:`list_connections`; re-admitting
+        a held ``conn_id`` takes no second slot."""
 
     async def release(self, sub: str, conn_id: str) -> None:
-        """Give a slot back. Idempotent; never raises (a slot it cannot release expires)."""
+        """Give a slot (and its info) back. Idempotent; never raises (a slot it cannot release
+        expires)."""
+
+    async def list_connections(self, sub: str | None = None) -> list[ConnectionInfo]:
+        """Live connections on every worker (expired leases left out), of one ``sub`` or all."""
 
     async def renew(self, leases: Iterable[tuple[str, str]], *, lease_seconds: int) -> None:
-        """Extend the leases of live ``(sub, conn_id)`` slots."""
+        """Extend the leases of live ``(sub, conn_id)`` slots. An expired lease is not revived."""
 
     async def count_connections(self, sub: str) -> int:
         """Live (unexpired) slots of ``sub``."""
@@ -121,3 +141,47 @@ class Engine(Protocol):
 
     def subscribe(self, handler: ControlHandler) -> None:
         """Set the handler for control events (one per engine). Call before :meth:`start`."""
+
+    # Routing and presence (the hub). ``tenant`` is "" for tokens without one. -------------------
+
+    def on_message(self, handler: MessageHandler) -> None:
+        """Set the handler for routed messages: those sent to this worker with
+        :meth:`send_to_worker`, and those published for agents this worker :meth:`watch`es.
+        Call before :meth:`start`."""
+
+    async def agent_online(
+        self, tenant: str, agent_id: str, conn_id: str, *, lease_seconds: int
+    ) -> bool:
+        """Record that ``conn_id`` (on this worker) serves ``agent_id``, leased like a slot. True
+        when the agent was offline before (the caller then announces it online)."""
+
+    async def agent_offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
+        """Forget ``conn_id`` for ``agent_id``. True when the agent has no connection left.
+        Idempotent; never raises (a lease it cannot release expires)."""
+
+    async def renew_agents(
+        self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int
+    ) -> None:
+        """Extend the presence leases of live ``(tenant, agent_id, conn_id)`` entries."""
+
+    async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
+        """``(worker_id, conn_id)`` of the agent's most recently connected live connection, the
+        one that receives its commands; None when it is offline. One atomic step."""
+
+    async def online_agents(self, tenant: str) -> set[str]:
+        """Agents of ``tenant`` with at least one live connection (expired leases left out)."""
+
+    async def send_to_worker(self, worker_id: str, message: str) -> None:
+        """Deliver ``message`` to that worker's message handler (at most once; lost if the worker
+        is gone). Crosses Redis once."""
+
+    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
+        """Deliver ``message`` to every worker watching this agent or all of ``tenant``'s agents
+        (each such worker gets it once, even if it watches both)."""
+
+    async def watch(self, tenant: str, agent_id: str) -> None:
+        """Start receiving :meth:`publish_agent` messages for one agent (``agent_id="*"``: every
+        agent of ``tenant``). Watches are counted: each watch needs one unwatch."""
+
+    async def unwatch(self, tenant: str, agent_id: str) -> None:
+        """Undo one :meth:`watch`."""

@@ -8,9 +8,10 @@ Guarantees beyond :class:`app.engine.base.Engine`:
 - Time comes from ``clock`` (``time.monotonic`` by default); tests inject their own.
 - Memory stays bounded: a key whose window, failures, ban or slots are all gone is dropped, by
   purge on access, by a full sweep whenever the tables have doubled since the last one, and by a
-  periodic sweep while started. Past ``max_keys`` entries in one table (an attacker rotating
-  addresses faster than windows empty), the oldest *rate* or *failure* logs are evicted, never
-  bans or slots: losing a counter weakens a limit for one key, losing a ban would lift it.
+  periodic sweep while started. When a sweep leaves more than ``max_keys`` entries in one table
+  (an attacker rotating addresses faster than windows empty), the oldest *rate* or *failure* logs
+  are evicted, never bans or slots: losing a counter weakens a limit for one key, losing a ban
+  would lift it. A counter table thus stays under about twice ``max_keys``.
 - IP addresses are normalised (``::ffff:1.2.3.4`` is ``1.2.3.4``; one IPv6 address has one
   spelling), so a different spelling of the same address shares its window and ban.
 """
@@ -301,6 +302,7 @@ class MemoryEngine:
             self.sweep()
             for table in (self._ip_rate, self._ip_fails, self._user_rate):
                 _evict_oldest(table, self._max_keys)
+            self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 
     async def _sweep_forever(self) -> None:
         while True:

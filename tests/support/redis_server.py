@@ -58,7 +58,7 @@ class RedisServer:
         if self.running:
             return
         log = Path(self._dir.name) / "redis.log"
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        self._proc = subprocess.Popen(
             [
                 self.binary,
                 "--port", str(self.port),

@@ -1,0 +1,142 @@
+"""Fixtures of the engine contract suite: one ``engine`` fixture over both implementations.
+
+Redis comes from ``TEST_REDIS_URL`` when set, else from a throwaway ``redis-server`` started once
+per session (the suite fails, never skips, when neither is available). Each test gets its own key
+prefix, hence its own keys and control channel: no test sees another's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+from app.engine.base import ControlEvent, Engine
+from app.engine.memory import MemoryEngine
+from app.engine.redis import RedisEngine
+from tests.support.redis_server import RedisServer
+
+Advance = Callable[[float], Awaitable[None]]
+RedisFactory = Callable[..., Awaitable[RedisEngine]]
+
+
+class ManualClock:
+    """A clock that moves only when told to (the memory engine's windows and leases)."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def events() -> asyncio.Queue[ControlEvent]:
+    return asyncio.Queue()
+
+
+@pytest.fixture
+async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFactory]:
+    """Start Redis engines on this test's prefix (workers of one cluster); closed after."""
+    made: list[RedisEngine] = []
+
+    async def make(
+        worker_id: str = "w1",
+        handler: Callable[[ControlEvent], Awaitable[None]] | None = None,
+        url: str | None = None,
+    ) -> RedisEngine:
+        engine = RedisEngine(url or redis_url, prefix=prefix, worker_id=worker_id)
+        made.append(engine)
+        if handler is not None:
+            engine.subscribe(handler)
+        await engine.start()
+        return engine
+
+    yield make
+    for engine in made:
+        await engine.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def engine(
+    request: pytest.FixtureRequest,
+    clock: ManualClock,
+    events: asyncio.Queue[ControlEvent],
+) -> AsyncIterator[Engine]:
+    """A started engine whose control events land in ``events``.
+
+    The memory engine runs on ``clock`` (``advance`` moves it); the Redis one on Redis ``TIME``
+    (``advance`` really sleeps).
+    """
+    eng: Engine
+    if request.param == "memory":
+        eng = MemoryEngine(worker_id="w1", clock=clock)
+    else:
+        url = request.getfixturevalue("redis_url")
+        eng = RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
+
+    async def record(event: ControlEvent) -> None:
+        events.put_nowait(event)
+
+    eng.subscribe(record)
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+@pytest.fixture
+def advance(engine: Engine, clock: ManualClock) -> Advance:
+    """Let ``seconds`` pass for ``engine``: on the manual clock for memory, for real on Redis."""
+
+    async def _advance(seconds: float) -> None:
+        if isinstance(engine, MemoryEngine):
+            clock.advance(seconds)
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(seconds)
+
+    return _advance
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def realtime_engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    """Both engines on their default, real clocks."""
+    eng: Engine
+    if request.param == "memory":
+        eng = MemoryEngine(worker_id="w1")
+    else:
+        url = request.getfixturevalue("redis_url")
+        eng = RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
+    await eng.start()
+    yield eng
+    await eng.close()

@@ -1,0 +1,25 @@
+"""Checks that need no server: the Lua sources and the Redis engine's argument checks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.engine.redis import SCRIPTS, RedisEngine, load_script
+
+
+async def test_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        RedisEngine("redis://127.0.0.1:1/0", prefix="a{b}", worker_id="w1")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_lua_headers_document_every_key_and_argument(name: str) -> None:
+    source = load_script(name)
+    header = "\n".join(line for line in source.splitlines() if line.startswith("--"))
+    body = "\n".join(line for line in source.splitlines() if not line.startswith("--"))
+    assert source.startswith(f"-- {name}.lua:")
+    assert "Returns" in header
+    for ref in set(re.findall(r"(?:KEYS|ARGV)\[\d+\]", body)):
+        assert ref in header, f"{name}.lua uses {ref} without documenting it"
