@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.config import HMAC_ALGORITHMS, Settings, SettingsError, load_settings
 from app.logs import configure_logging
+from app.tokens import TokenVerifier
 
 
 def _settings(**overrides: object) -> Settings:
@@ -23,6 +24,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.serve import serve
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    try:
+        # Load the keys once here so that a bad key file is one line, not a worker's traceback.
+        TokenVerifier.from_settings(settings)
+    except ValueError as exc:
+        print(f"hubctl: configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     serve(settings)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,9 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-PUBLIC_KEY_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
-)
+# No PS*: python-jose 3.5 cannot verify RSASSA-PSS, so accepting them here would only fail later.
+PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
 MIN_HMAC_SECRET_BYTES = 32
 
@@ -37,6 +37,25 @@ def parse_networks(items: list[str]) -> list[IPNetwork]:
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address or CIDR") from None
     return networks
+
+
+def _is_exact_origin(origin: str) -> bool:
+    """scheme://host[:port] and nothing else: no wildcard, path, query, user or stray spaces."""
+    if "*" in origin or any(c.isspace() for c in origin):
+        return False
+    try:
+        parts = urlsplit(origin)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and not parts.netloc.endswith(":")
+        and not (parts.path or parts.query or parts.fragment)
+        and origin == f"{parts.scheme}://{parts.netloc}"
+    )
 
 
 CommaList = Annotated[list[str], NoDecode]
@@ -85,6 +104,8 @@ class Settings(BaseSettings):
     ping_interval_seconds: float = Field(default=20.0, gt=0)
     ping_timeout_seconds: float = Field(default=20.0, gt=0)
     command_ttl_seconds: int = Field(default=60, ge=1)
+    revocation_ttl_seconds: int = Field(default=7 * 86400, ge=60)
+    security_event_retention_days: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
     ssl_certfile: Path | None = None
@@ -109,9 +130,8 @@ class Settings(BaseSettings):
             raise ValueError("at least one algorithm is needed")
         for alg in value:
             if alg not in SUPPORTED_ALGORITHMS:
-                raise ValueError(
-                    f"unknown algorithm {alg!r} (supported: {', '.join(sorted(SUPPORTED_ALGORITHMS))})"
-                )
+                supported = ", ".join(sorted(SUPPORTED_ALGORITHMS))
+                raise ValueError(f"unknown algorithm {alg!r} (supported: {supported})")
         return value
 
     @field_validator("banned_cidrs", "trusted_proxies")
@@ -123,10 +143,13 @@ class Settings(BaseSettings):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if "*" in origin or not origin.startswith(("http://", "https://")):
-                raise ValueError(f"{origin!r} is not an exact origin like https://host[:port]")
-        return [origin.rstrip("/") for origin in value]
+        origins = []
+        for item in value:
+            origin = item.rstrip("/").lower()  # browsers send the scheme and host in lower case
+            if not _is_exact_origin(origin):
+                raise ValueError(f"{item!r} is not an exact origin like https://host[:port]")
+            origins.append(origin)
+        return origins
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -136,15 +159,24 @@ class Settings(BaseSettings):
             if not secret:
                 raise _named("jwt_secret", "an HS* algorithm is enabled but no secret is set")
             if self.env == "production" and len(secret) < MIN_HMAC_SECRET_BYTES:
-                raise _named("jwt_secret", f"must be at least {MIN_HMAC_SECRET_BYTES} bytes in production")
+                raise _named(
+                    "jwt_secret", f"must be at least {MIN_HMAC_SECRET_BYTES} bytes in production"
+                )
         if algs & PUBLIC_KEY_ALGORITHMS and not (self.jwt_public_key_file or self.jwt_jwks_url):
             raise _named(
                 "jwt_public_key_file",
                 "a public-key algorithm is enabled but neither HUB_JWT_PUBLIC_KEY_FILE nor "
                 "HUB_JWT_JWKS_URL is set",
             )
+        if self.jwt_jwks_url is not None:
+            scheme = urlsplit(self.jwt_jwks_url).scheme
+            if scheme != "https" and (self.env == "production" or scheme != "http"):
+                # Keys fetched over plain HTTP can be swapped by anyone on the path.
+                raise _named("jwt_jwks_url", "must be https:// (http:// in development only)")
         if self.jwt_public_key_file and not self.jwt_public_key_file.is_file():
-            raise _named("jwt_public_key_file", f"{self.jwt_public_key_file} is not a readable file")
+            raise _named(
+                "jwt_public_key_file", f"{self.jwt_public_key_file} is not a readable file"
+            )
         if self.workers > 1 and not self.redis_url:
             raise _named(
                 "workers",

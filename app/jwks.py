@@ -20,7 +20,8 @@ from app.logs import get_logger
 
 log = get_logger("app.jwks")
 
-_KTY = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+_KTY = {"RS": "RSA", "ES": "EC"}
+_CRV = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}  # RFC 7518 section 3.4
 _MAX_KEYS = 64
 
 
@@ -46,16 +47,22 @@ class JwksKeys:
     async def lookup(self, kid: str, alg: str) -> Key | None:
         """The key for ``kid`` usable with ``alg``, or None. Never raises."""
         entry = self._find(kid)
-        if entry is None and self._may_refetch():
+        # Wait for a fetch already in flight too: it may be the one that brings this key.
+        if entry is None and (self._lock.locked() or self._may_refetch()):
             async with self._lock:
                 if self._find(kid) is None and self._may_refetch():
                     await self._fetch()
             entry = self._find(kid)
         if entry is None:
             return None
-        if entry.get("kty") != _KTY.get(alg[:2]) or entry.get("alg", alg) != alg:
+        kty = _KTY.get(alg[:2])
+        if kty is None or entry.get("kty") != kty or entry.get("alg", alg) != alg:
             return None
         if entry.get("use", "sig") != "sig":
+            return None
+        if kty == "EC" and entry.get("crv") != _CRV.get(alg):
+            return None
+        if "d" in entry:  # a set that publishes a private key is misconfigured: refuse it
             return None
         try:
             return jwk.construct(entry, alg)

@@ -21,16 +21,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk, jws
 from jose.backends.base import Key
 
-from app.config import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, Settings
+from app.config import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, SUPPORTED_ALGORITHMS, Settings
 from app.errors import Code
 
 _B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
 _MAX_CLAIM_CHARS = 256
 _MAX_ROLES = 32
-_KTY_FOR_FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     def _no_constants(name: str) -> None:
         raise ValueError(f"{name} is not JSON")
 
-    value = json.loads(raw, parse_constant=_no_constants)
+    # Strict UTF-8 (RFC 7519 section 7.2), not json's guess among UTF-8/16/32.
+    value = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -89,7 +92,12 @@ def _short(value: object) -> str | None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400): not a usable date
+        return False
 
 
 @dataclass(slots=True)
@@ -111,17 +119,57 @@ def parse(token: str, max_bytes: int) -> _Parsed:
         # Unparsed on purpose: nothing from an oversized token reaches a decoder or a log.
         raise TokenError(Code.TOKEN_MALFORMED, f"longer than {max_bytes} bytes")
     fp = fingerprint(token)
+    # Fixed details only: an exception's own message could quote bytes of the token.
+    if not token.isascii():
+        raise TokenError(Code.TOKEN_MALFORMED, "not ASCII", fingerprint=fp)
+    parts = token.encode("ascii").split(b".")
+    if len(parts) != 3 or not parts[2]:
+        raise TokenError(Code.TOKEN_MALFORMED, "not three segments", fingerprint=fp)
+    decoded: list[dict[str, Any]] = []
+    for name, segment in (("header", parts[0]), ("payload", parts[1])):
+        try:
+            decoded.append(_json_object(_b64decode(segment)))
+        except (ValueError, RecursionError):
+            detail = f"{name} is not a base64url JSON object"
+            raise TokenError(Code.TOKEN_MALFORMED, detail, fingerprint=fp) from None
     try:
-        raw = token.encode("ascii")
-        parts = raw.split(b".")
-        if len(parts) != 3 or not parts[2]:
-            raise ValueError("not three segments")
-        header = _json_object(_b64decode(parts[0]))
-        claims = _json_object(_b64decode(parts[1]))
         _b64decode(parts[2])
-    except (ValueError, UnicodeError, RecursionError) as exc:
-        raise TokenError(Code.TOKEN_MALFORMED, str(exc)[:100], fingerprint=fp) from None
+    except ValueError:
+        detail = "signature is not base64url"
+        raise TokenError(Code.TOKEN_MALFORMED, detail, fingerprint=fp) from None
+    header, claims = decoded
     return _Parsed(header, claims, fp)
+
+
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+_MIN_RSA_BITS = 2048
+
+
+def _public_key(pem: bytes, alg: str) -> Key:
+    """The key for ``alg`` from a PEM public key. Raises ValueError naming the variable.
+
+    python-jose wraps any PEM it can load (an EC key for RS256, a certificate, a private key),
+    so the type, curve and size are checked here, at start, rather than failing every token.
+    """
+    name = "HUB_JWT_PUBLIC_KEY_FILE"
+    try:
+        public = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError(f"{name}: not a PEM public key (give the public key, not a private "
+                         "key or a certificate)") from None
+    if alg.startswith("RS"):
+        fits = isinstance(public, rsa.RSAPublicKey) and public.key_size >= _MIN_RSA_BITS
+    else:
+        fits = (
+            isinstance(public, ec.EllipticCurvePublicKey)
+            and public.curve.name == _EC_CURVES[alg]
+        )
+    if not fits:
+        raise ValueError(f"{name}: not a public key usable with {alg}")
+    try:
+        return jwk.construct(pem, alg)
+    except Exception as exc:
+        raise ValueError(f"{name}: not a public key usable with {alg}") from exc
 
 
 KeyLookup = Callable[[str, str], Awaitable[Key | None]]
@@ -146,22 +194,16 @@ class TokenVerifier:
     clock: Callable[[], float] = field(default=time.time)
 
     @classmethod
-    def from_settings(cls, settings: Settings, key_lookup: KeyLookup | None = None) -> TokenVerifier:
+    def from_settings(
+        cls, settings: Settings, key_lookup: KeyLookup | None = None
+    ) -> TokenVerifier:
         """Build keys once. Raises ValueError if a configured key does not fit its algorithm."""
         keys: dict[str, Key] = {}
         for alg in settings.jwt_algorithms:
             if alg in HMAC_ALGORITHMS and settings.jwt_secret is not None:
                 keys[alg] = jwk.construct(settings.jwt_secret.get_secret_value().encode(), alg)
             elif alg in PUBLIC_KEY_ALGORITHMS and settings.jwt_public_key_file is not None:
-                pem = settings.jwt_public_key_file.read_bytes()
-                try:
-                    keys[alg] = jwk.construct(pem, alg)
-                except Exception as exc:
-                    raise ValueError(
-                        f"HUB_JWT_PUBLIC_KEY_FILE: not a public key usable with {alg}"
-                    ) from exc
-                if keys[alg].is_public() is False:
-                    raise ValueError("HUB_JWT_PUBLIC_KEY_FILE: holds a private key; give the public one")
+                keys[alg] = _public_key(settings.jwt_public_key_file.read_bytes(), alg)
         return cls(
             algorithms=frozenset(settings.jwt_algorithms),
             static_keys=keys,
@@ -189,12 +231,22 @@ class TokenVerifier:
     async def _key_for(self, parsed: _Parsed) -> Key:
         alg = parsed.header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
-            raise parsed.error(Code.TOKEN_INVALID, f"algorithm {str(alg)[:20]!r} not allowed")
+            # Name only a known spelling: the header is the sender's text, not ours to log.
+            known = isinstance(alg, str) and (alg in SUPPORTED_ALGORITHMS or alg.lower() == "none")
+            detail = f"algorithm {alg!r} not allowed" if known else "algorithm not allowed"
+            raise parsed.error(Code.TOKEN_INVALID, detail)
+        if "crit" in parsed.header:
+            # RFC 7515 section 4.1.11: extensions we do not implement make the JWS invalid, and
+            # python-jose implements none (it would ignore e.g. RFC 7797's unencoded payload).
+            raise parsed.error(Code.TOKEN_INVALID, "critical header extensions not supported")
         kid = parsed.header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise parsed.error(Code.TOKEN_MALFORMED, "kid is not a string")
+        if kid is not None and len(kid) > _MAX_CLAIM_CHARS:
+            # Refused, not truncated: a cut `kid` could name another key of the set.
+            raise parsed.error(Code.TOKEN_INVALID, "kid too long")
         if kid is not None and self.key_lookup is not None and alg in PUBLIC_KEY_ALGORITHMS:
-            key = await self.key_lookup(kid[:_MAX_CLAIM_CHARS], alg)
+            key = await self.key_lookup(kid, alg)
             if key is not None:
                 return key
             if alg not in self.static_keys:
