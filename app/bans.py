@@ -26,6 +26,13 @@ class BanList:
     def add(self, ban_id: str, cidr: str, expires_at: float | None = None) -> None:
         self._dynamic[ban_id] = (ipaddress.ip_network(cidr, strict=False), expires_at)
 
+    def replace(self, bans: Iterable[tuple[str, str, float | None]]) -> None:
+        """Swap in the operators' bans as ``(id, cidr, expires_at)`` (a reload from the store)."""
+        self._dynamic = {
+            ban_id: (ipaddress.ip_network(cidr, strict=False), expires)
+            for ban_id, cidr, expires in bans
+        }
+
     def remove(self, ban_id: str) -> None:
         self._dynamic.pop(ban_id, None)
 

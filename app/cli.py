@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--tenant")
     token.add_argument("--kid")
     token.add_argument("--algorithm")
-    token.add_argument("--private-key-file", help="PEM private key for RS*/ES*/PS* tokens")
+    token.add_argument("--private-key-file", help="PEM private key for RS*/ES* tokens")
     token.set_defaults(func=cmd_token)
 
     migrate = verbs.add_parser("migrate", help="apply database migrations to HUB_DATABASE_URL")

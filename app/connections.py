@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from app.session import Action, Close, Send, Session
 log = get_logger("app.connections")
 
 CLOSE_TIMEOUT = 5.0
+FLUSH_TIMEOUT = 1.0
 
 
 class Socket(Protocol):
@@ -76,9 +78,13 @@ class Connection:
         metrics.CLOSES.labels(code.value).inc()
         if self._timer is not None:
             self._timer.cancel()
-        # Queued messages are dropped: the close must not wait behind a client that is not reading.
+        # What is already queued (the errors that led here, say) goes out first, unless the
+        # client is the problem: a full queue is cut at once, and a flush gets FLUSH_TIMEOUT.
         if self._writer is not None:
-            self._writer.cancel()
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                self._writer.cancel()
         asyncio.get_running_loop().create_task(self._send_close(code))
 
     def reschedule(self) -> None:
@@ -108,7 +114,7 @@ class Connection:
     async def _send_close(self, code: Code) -> None:
         if self._writer is not None:
             with contextlib.suppress(BaseException):
-                await self._writer
+                await asyncio.wait_for(self._writer, FLUSH_TIMEOUT)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.socket.close(spec(code).close, code.value), CLOSE_TIMEOUT)
         self._closed.set()
@@ -127,8 +133,6 @@ class Connection:
 
 
 def _now() -> float:
-    import time
-
     return time.time()
 
 

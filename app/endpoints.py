@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, WebSocket
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import HTTPConnection
 
 from app import metrics
 from app.connections import Connection
 from app.errors import Code, handshake_close_code, spec
-from app.handshake import Admission, HandshakeRefused, HandshakeRequest
+from app.handshake import UNAVAILABLE_RETRY_AFTER, Admission, HandshakeRefused, HandshakeRequest
 from app.messages import AuthRefresh, MessageError, Ping, Pong, encode, error, parse_client
 from app.roles import Endpoint
 from app.runtime import Runtime
@@ -45,6 +46,7 @@ class Handshake:
         headers = websocket.headers
         request = HandshakeRequest(
             endpoint=self.endpoint,
+            path=self.endpoint.path,
             peer=client[0] if client else None,
             headers=headers,
             forwarded_for=headers.getlist("x-forwarded-for"),
@@ -58,19 +60,31 @@ class Handshake:
             await runtime.gatekeeper.release(admission)
 
 
-async def refuse(websocket: WebSocket, exc: Exception) -> Response | None:
+async def refuse(connection: HTTPConnection, exc: Exception) -> Response | None:
     """Answer a refused handshake: an HTTP denial response with the JSON body, or, for a client
     that offered ``hub.v1`` (a browser cannot read an HTTP refusal), a socket accepted with
     ``hub.v1`` and closed at once with the matching 44xx code and the code as reason."""
     assert isinstance(exc, HandshakeRefused)
     entry = spec(exc.code)
-    if exc.subprotocol is not None and not exc.http_only and not entry.http_only:
+    if isinstance(connection, WebSocket) and exc.subprotocol is not None and not (
+        exc.http_only or entry.http_only
+    ):
+        websocket = connection
         await websocket.accept(subprotocol=exc.subprotocol)
         await websocket.close(code=handshake_close_code(exc.code), reason=exc.code.value)
         return None
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     return JSONResponse(
         {"error": exc.code.value, "message": entry.message}, status_code=entry.status, headers=headers
+    )
+
+
+async def unavailable(connection: HTTPConnection, exc: Exception) -> Response:
+    """Shared state failed in the middle of an admin request: fail closed, as a handshake does."""
+    entry = spec(Code.UNAVAILABLE)
+    return JSONResponse(
+        {"error": Code.UNAVAILABLE.value, "message": entry.message}, status_code=entry.status,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
     )
 
 
@@ -88,6 +102,7 @@ async def _serve(websocket: WebSocket, admission: Admission) -> None:
     )
     try:
         conn.start()
+        await runtime.hub.connected(conn)
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -107,6 +122,10 @@ async def _serve(websocket: WebSocket, admission: Admission) -> None:
     finally:
         runtime.registry.remove(conn)
         metrics.ACTIVE.labels(endpoint).dec()
+        try:
+            await runtime.hub.disconnected(conn)
+        except Exception:
+            runtime.log.exception("hub.disconnect_failed", conn_id=admission.conn_id)
         await conn.finish()
         runtime.log.info(
             "ws.disconnected", conn_id=admission.conn_id, sub=admission.principal.sub,

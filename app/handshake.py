@@ -18,11 +18,11 @@ from typing import Literal
 from app import metrics
 from app.bans import BanList
 from app.config import Settings
-from app.engine import Admitted, Engine, EngineUnavailable, Refused
+from app.engine import Admitted, ConnectionInfo, Engine, EngineUnavailable, Refused
 from app.errors import Code
 from app.netaddr import NetworkSet, client_ip
 from app.revocations import RevocationList
-from app.roles import Endpoint, may_connect
+from app.roles import Endpoint, is_admin, may_connect
 from app.security_log import SecurityEvent, SecurityLog
 from app.tokens import Principal, TokenError, TokenVerifier
 
@@ -39,7 +39,8 @@ Transport = Literal["header", "subprotocol", "query"]
 class HandshakeRequest:
     """What the handshake is decided on, independent of the server's types."""
 
-    endpoint: Endpoint
+    endpoint: Endpoint | None  # None: the admin API
+    path: str
     peer: str | None
     headers: Mapping[str, str]
     forwarded_for: Sequence[str]
@@ -127,8 +128,11 @@ class Gatekeeper:
         bans: BanList,
         revocations: RevocationList,
         security_log: SecurityLog,
+        *,
+        worker_id: str = "",
     ) -> None:
         self._settings = settings
+        self._worker_id = worker_id
         self._verifier = verifier
         self._engine = engine
         self._bans = bans
@@ -142,7 +146,37 @@ class Gatekeeper:
     def client_ip(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
         return client_ip(peer, forwarded_for, self._trusted)
 
+    async def authenticate_admin(self, request: HandshakeRequest) -> Principal:
+        """The admin API's gate: the same address checks, token search (header only), verification,
+        revocation and logging as a handshake, then role ``admin``. Raises HandshakeRefused."""
+        ip = self.client_ip(request.peer, request.forwarded_for)
+        refuse = _Refuser(self._log, request, ip, event="admin.auth_failed")
+        if self._bans.is_banned(ip):
+            raise refuse(Code.IP_BANNED, http_only=True)
+        verdict = await self._engine_step(
+            refuse, self._engine.check_ip(ip, limit=self._settings.connect_rate_per_ip)
+        )
+        if isinstance(verdict, Refused):
+            raise refuse(verdict.code, retry_after=verdict.retry_after, http_only=True)
+        try:
+            found = find_token(request.headers, (), b"", allow_query=False)
+        except TokenSearchError as exc:
+            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MALFORMED, str(exc))) from None
+        if found is None:
+            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MISSING, "no token"))
+        try:
+            principal = await self._verifier.verify(found[0])
+        except TokenError as exc:
+            raise await self._auth_failure(refuse, exc) from None
+        refuse.principal = principal
+        if self._revocations.is_revoked(principal):
+            raise refuse(Code.TOKEN_REVOKED)
+        if not is_admin(principal.roles):
+            raise refuse(Code.ROLE_FORBIDDEN)
+        return principal
+
     async def admit(self, request: HandshakeRequest) -> Admission:
+        assert request.endpoint is not None
         started = time.perf_counter()
         ip = self.client_ip(request.peer, request.forwarded_for)
         subprotocol = SUBPROTOCOL if request.offers_hub_protocol else None
@@ -163,6 +197,7 @@ class Gatekeeper:
         await self._engine.release(admission.principal.sub, admission.conn_id)
 
     async def _decide(self, request: HandshakeRequest, ip: str, subprotocol: str | None) -> Admission:
+        assert request.endpoint is not None
         settings = self._settings
         refuse = _Refuser(self._log, request, ip)
         if self.draining:
@@ -170,7 +205,7 @@ class Gatekeeper:
         if self._bans.is_banned(ip):
             raise refuse(Code.IP_BANNED, http_only=True)
         origin = request.headers.get("origin")
-        if self._origins and (origin is None or origin.rstrip("/") not in self._origins):
+        if self._origins and (origin is None or origin.rstrip("/").lower() not in self._origins):
             raise refuse(Code.ORIGIN_FORBIDDEN)
         verdict = await self._engine_step(
             refuse, self._engine.check_ip(ip, limit=settings.connect_rate_per_ip)
@@ -198,6 +233,10 @@ class Gatekeeper:
             raise refuse(Code.ROLE_FORBIDDEN)
 
         conn_id = uuid.uuid4().hex
+        info = ConnectionInfo(
+            conn_id=conn_id, sub=principal.sub, endpoint=request.endpoint.value, client_ip=ip,
+            worker=self._worker_id, connected_at=time.time(),
+        )
         verdict = await self._engine_step(
             refuse,
             self._engine.admit_user(
@@ -206,6 +245,7 @@ class Gatekeeper:
                 rate_limit=settings.connect_rate_per_user,
                 max_connections=settings.max_connections_per_user,
                 lease_seconds=settings.connection_lease_seconds,
+                info=info,
             ),
         )
         if isinstance(verdict, Refused):
@@ -249,8 +289,12 @@ class Gatekeeper:
 class _Refuser:
     """Builds a refusal and logs it as one security event with everything known so far."""
 
-    def __init__(self, security_log: SecurityLog, request: HandshakeRequest, ip: str) -> None:
+    def __init__(
+        self, security_log: SecurityLog, request: HandshakeRequest, ip: str,
+        event: str = "ws.auth_failed",
+    ) -> None:
         self._log = security_log
+        self._event = event
         self._request = request
         self.ip = ip
         self.principal: Principal | None = None
@@ -267,9 +311,9 @@ class _Refuser:
         principal = self.principal
         self._log.record(
             SecurityEvent(
-                event="ws.auth_failed",
+                event=self._event,
                 code=code,
-                endpoint=self._request.endpoint.path,
+                endpoint=self._request.path,
                 client_ip=self.ip,
                 user_agent=headers.get("user-agent"),
                 origin=headers.get("origin"),

@@ -1,24 +1,294 @@
-"""The hub's routing of commands, results, events and presence (built out in its own issue)."""
+"""The hub's job: commands from operators to agents, results back, events and presence to
+dashboards, whichever worker or host each side is connected to.
+
+Routing goes through the engine: a command is located (one atomic lookup) and sent to the agent's
+worker (one publish); the agent's worker remembers, on that agent connection only, where the
+result must go, so an agent can answer only the commands it was sent and unanswered commands
+expire. Events and presence are published per agent and reach only the workers that watch that
+agent (or all of its tenant's agents) for a local dashboard. Every message is authorised here,
+not only at the handshake.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from app import metrics
+from app.engine import EngineUnavailable
 from app.errors import Code
-from app.messages import ClientMessage, error
+from app.logs import get_logger
+from app.messages import (
+    ClientMessage,
+    Command,
+    CommandAccepted,
+    CommandDelivery,
+    Event,
+    EventDelivery,
+    Presence,
+    Result,
+    ResultDelivery,
+    Subscribe,
+    Subscribed,
+    encode,
+    error,
+)
+from app.roles import Endpoint, may_command
+from app.security_log import SecurityEvent
 
 if TYPE_CHECKING:
     from app.connections import Connection
-    from app.engine import ControlEvent
-    from app.runtime import Runtime
+    from app.engine import Engine
+    from app.security_log import SecurityLog
+
+log = get_logger("app.hub")
+
+MAX_PENDING_PER_AGENT = 1000
+ALL = "*"
+
+
+@dataclass(slots=True)
+class _Pending:
+    worker: str
+    conn_id: str
+    expires_at: float
+
+
+@dataclass(slots=True)
+class _Agent:
+    """Hub state kept on an agent connection: commands it was sent and not yet answered."""
+
+    tenant: str
+    pending: OrderedDict[str, _Pending] = field(default_factory=OrderedDict)
+
+    def prune(self, now: float) -> None:
+        while self.pending:
+            first = next(iter(self.pending.values()))
+            if first.expires_at > now and len(self.pending) <= MAX_PENDING_PER_AGENT:
+                return
+            self.pending.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _Dashboard:
+    tenant: str
+    watching: frozenset[str] = frozenset()
+
+
+def tenant_of(conn: Connection) -> str:
+    return conn.session.admission.principal.tenant or ""
 
 
 class Hub:
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    """Routes the hub's messages for one worker. Call :meth:`connected` after accepting a
+    connection and :meth:`disconnected` when it is gone; :meth:`handle` for each client message;
+    the engine calls :meth:`on_engine_message` for routed messages."""
 
+    def __init__(
+        self,
+        engine: Engine,
+        lookup: Any,
+        security_log: SecurityLog,
+        *,
+        lease_seconds: int,
+        command_ttl_seconds: int,
+    ) -> None:
+        self._engine = engine
+        self._lookup = lookup  # conn_id -> Connection | None (this worker's registry)
+        self._security_log = security_log
+        self._lease = lease_seconds
+        self._command_ttl = command_ttl_seconds
+        # (tenant, agent id or "*") -> local dashboard connections watching it
+        self._watchers: dict[tuple[str, str], set[str]] = {}
+        # tenant -> agents announced online to this worker's dashboards (watched tenants only)
+        self._known: dict[str, set[str]] = {}
+
+    # Connections ----------------------------------------------------------------------------
+    async def connected(self, conn: Connection) -> None:
+        tenant = tenant_of(conn)
+        if conn.session.admission.endpoint is Endpoint.AGENT:
+            conn.attributes["hub"] = _Agent(tenant)
+            try:
+                if await self._engine.agent_online(tenant, conn.sub, conn.conn_id,
+                                                   lease_seconds=self._lease):
+                    await self._presence(tenant, conn.sub, "online")
+            except EngineUnavailable:
+                metrics.ENGINE_ERRORS.labels("presence").inc()
+        else:
+            conn.attributes["hub"] = _Dashboard(tenant)
+
+    async def disconnected(self, conn: Connection) -> None:
+        state = conn.attributes.get("hub")
+        if isinstance(state, _Agent):
+            if await self._engine.agent_offline(state.tenant, conn.sub, conn.conn_id):
+                try:
+                    await self._presence(state.tenant, conn.sub, "offline")
+                except EngineUnavailable:
+                    metrics.ENGINE_ERRORS.labels("presence").inc()
+        elif isinstance(state, _Dashboard):
+            await self._set_watching(conn, state, frozenset())
+
+    def presence_leases(self, conns: list[Connection]) -> list[tuple[str, str, str]]:
+        return [(s.tenant, c.sub, c.conn_id) for c in conns
+                if isinstance(s := c.attributes.get("hub"), _Agent)]
+
+    # Client messages ------------------------------------------------------------------------
     async def handle(self, conn: Connection, message: ClientMessage) -> None:
-        conn.send(error(Code.FORBIDDEN, f"{message.type} is not available yet", message.id))
+        state = conn.attributes.get("hub")
+        try:
+            if isinstance(state, _Dashboard) and isinstance(message, Subscribe):
+                await self._subscribe(conn, state, message)
+            elif isinstance(state, _Dashboard) and isinstance(message, Command):
+                await self._command(conn, state, message)
+            elif isinstance(state, _Agent) and isinstance(message, Result):
+                await self._result(conn, state, message)
+            elif isinstance(state, _Agent) and isinstance(message, Event):
+                await self._engine.publish_agent(
+                    state.tenant, conn.sub,
+                    json.dumps({"k": "event", "t": state.tenant, "a": conn.sub, "p": message.payload}),
+                )
+            else:
+                self._forbid(conn, message, f"{message.type} is not for this endpoint")
+        except EngineUnavailable:
+            metrics.ENGINE_ERRORS.labels("route").inc()
+            conn.send(error(Code.UNAVAILABLE, "routing is unavailable; retry", message.id))
 
-    async def on_route(self, event: ControlEvent) -> None:
-        return None
+    async def _subscribe(self, conn: Connection, state: _Dashboard, message: Subscribe) -> None:
+        wanted = frozenset({ALL}) if message.agents == ALL else frozenset(message.agents)
+        await self._set_watching(conn, state, wanted)
+        online = await self._engine.online_agents(state.tenant)
+        conn.send(encode(Subscribed(agents=sorted(wanted), ref=message.id)))
+        shown = sorted(online) if ALL in wanted else sorted(wanted)
+        for agent_id in shown:
+            status = "online" if agent_id in online else "offline"
+            conn.send(encode(Presence(agent_id=agent_id, status=status)))
+
+    async def _set_watching(self, conn: Connection, state: _Dashboard, wanted: frozenset[str]) -> None:
+        for agent_id in state.watching - wanted:
+            key = (state.tenant, agent_id)
+            watchers = self._watchers.get(key)
+            if watchers is not None:
+                watchers.discard(conn.conn_id)
+                if not watchers:
+                    del self._watchers[key]
+            await self._engine.unwatch(state.tenant, agent_id)
+        for agent_id in wanted - state.watching:
+            self._watchers.setdefault((state.tenant, agent_id), set()).add(conn.conn_id)
+            await self._engine.watch(state.tenant, agent_id)
+        state.watching = wanted
+
+    async def _command(self, conn: Connection, state: _Dashboard, message: Command) -> None:
+        if not may_command(conn.session.principal.roles):
+            self._forbid(conn, message, "commands need role operator")
+            return
+        target = await self._engine.locate_agent(state.tenant, message.agent_id)
+        if target is None:
+            conn.send(error(Code.AGENT_OFFLINE, "the agent is not connected", message.id))
+            return
+        worker, agent_conn = target
+        command_id = uuid.uuid4().hex
+        await self._engine.send_to_worker(worker, json.dumps({
+            "k": "command", "c": agent_conn, "id": command_id, "from": conn.sub,
+            "p": message.payload, "rw": self._engine.worker_id, "rc": conn.conn_id,
+            "ref": message.id, "t": state.tenant,
+        }))
+        metrics.MESSAGES.labels("command", "routed").inc()
+        conn.send(encode(CommandAccepted(command_id=command_id, ref=message.id)))
+
+    async def _result(self, conn: Connection, state: _Agent, message: Result) -> None:
+        state.prune(time.time())
+        pending = state.pending.pop(message.command_id, None)
+        if pending is None:
+            self._forbid(conn, message, "no such command was sent to this agent")
+            return
+        await self._engine.send_to_worker(pending.worker, json.dumps({
+            "k": "result", "c": pending.conn_id, "id": message.command_id, "a": conn.sub,
+            "p": message.payload,
+        }))
+
+    def _forbid(self, conn: Connection, message: ClientMessage, why: str) -> None:
+        admission = conn.session.admission
+        self._security_log.record(SecurityEvent(
+            event="hub.forbidden", code=Code.FORBIDDEN, endpoint=admission.endpoint.path,
+            client_ip=admission.client_ip, verified_sub=conn.sub,
+            jti=conn.session.principal.jti, detail=f"{message.type}: {why}",
+        ))
+        conn.send(error(Code.FORBIDDEN, why, message.id))
+
+    async def _presence(self, tenant: str, agent_id: str, status: str) -> None:
+        await self._engine.publish_agent(
+            tenant, agent_id, json.dumps({"k": "presence", "t": tenant, "a": agent_id, "s": status})
+        )
+
+    async def sweep(self) -> None:
+        """Announce what no publication did: agents whose leases ran out (their worker was
+        killed) go offline, within a lease plus one sweep interval. Raises EngineUnavailable."""
+        tenants = {tenant for tenant, _ in self._watchers}
+        for tenant in set(self._known) - tenants:
+            del self._known[tenant]
+        for tenant in tenants:
+            online = await self._engine.online_agents(tenant)
+            known = self._known.get(tenant)
+            self._known[tenant] = set(online)
+            if known is None:
+                continue
+            for agent_id in sorted(known - online):
+                self._fan_out(tenant, agent_id, encode(Presence(agent_id=agent_id, status="offline")))
+            for agent_id in sorted(online - known):
+                self._fan_out(tenant, agent_id, encode(Presence(agent_id=agent_id, status="online")))
+
+    # Routed messages ------------------------------------------------------------------------
+    async def on_engine_message(self, raw: str) -> None:
+        """One routed message from the engine. Malformed ones are logged and dropped."""
+        try:
+            envelope = json.loads(raw)
+            kind = envelope["k"]
+            if kind == "command":
+                await self._deliver_command(envelope)
+            elif kind == "result":
+                self._deliver_to(envelope["c"], encode(ResultDelivery(
+                    command_id=envelope["id"], agent_id=envelope["a"], payload=envelope["p"])))
+            elif kind == "error":
+                self._deliver_to(envelope["c"], error(Code(envelope["code"]), envelope["m"],
+                                                      envelope.get("ref")))
+            elif kind == "event":
+                self._fan_out(envelope["t"], envelope["a"], encode(EventDelivery(
+                    agent_id=envelope["a"], payload=envelope["p"])))
+            elif kind == "presence":
+                known = self._known.get(envelope["t"])
+                if known is not None:
+                    (known.add if envelope["s"] == "online" else known.discard)(envelope["a"])
+                self._fan_out(envelope["t"], envelope["a"], encode(Presence(
+                    agent_id=envelope["a"], status=envelope["s"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("hub.bad_routed_message", error=type(exc).__name__)
+
+    async def _deliver_command(self, envelope: dict[str, Any]) -> None:
+        conn = self._lookup(envelope["c"])
+        state = conn.attributes.get("hub") if conn is not None else None
+        if conn is None or conn.close_code is not None or not isinstance(state, _Agent):
+            # The agent left between lookup and delivery: tell the operator.
+            await self._engine.send_to_worker(envelope["rw"], json.dumps({
+                "k": "error", "c": envelope["rc"], "code": Code.AGENT_OFFLINE.value,
+                "m": "the agent disconnected", "ref": envelope.get("ref"),
+            }))
+            return
+        now = time.time()
+        state.pending[envelope["id"]] = _Pending(envelope["rw"], envelope["rc"], now + self._command_ttl)
+        state.prune(now)
+        conn.send(encode(CommandDelivery(command_id=envelope["id"], from_=envelope["from"],
+                                         payload=envelope["p"])))
+
+    def _deliver_to(self, conn_id: str, text: str) -> None:
+        conn = self._lookup(conn_id)
+        if conn is not None:
+            conn.send(text)
+
+    def _fan_out(self, tenant: str, agent_id: str, text: str) -> None:
+        targets = self._watchers.get((tenant, agent_id), set()) | self._watchers.get((tenant, ALL), set())
+        for conn_id in targets:
+            self._deliver_to(conn_id, text)

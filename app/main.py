@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from app.admin import router as admin_router
 from app.config import Settings, SettingsError, load_settings
-from app.endpoints import refuse
+from app.endpoints import refuse, unavailable
 from app.endpoints import router as ws_router
+from app.engine import EngineUnavailable
 from app.handshake import HandshakeRefused
 from app.logs import configure_logging, get_logger, install_redaction
+from app.metrics import render as render_metrics
 from app.runtime import Runtime
 
 log = get_logger("app.main")
@@ -53,18 +56,27 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_exception_handler(HandshakeRefused, refuse)  # type: ignore[arg-type]
+    app.add_exception_handler(EngineUnavailable, unavailable)
     app.include_router(ws_router)
+    app.include_router(admin_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        body, content_type = render_metrics()
+        return Response(body, media_type=content_type)
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         runtime: Runtime = app.state.runtime
         engine_ok = await runtime.engine.ping()
-        body = {"status": "ok" if engine_ok else "unavailable", "engine": engine_ok}
-        return JSONResponse(body, status_code=200 if engine_ok else 503)
+        store_ok = await runtime.store.ping()
+        ready = engine_ok and store_ok
+        body = {"status": "ok" if ready else "unavailable", "engine": engine_ok, "database": store_ok}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     return app
 

@@ -135,6 +135,14 @@ class Pong(_Server):
     ref: Id | None = None
 
 
+class Subscribed(_Server):
+    """The answer to ``subscribe``: what this dashboard now watches (``["*"]``: all agents)."""
+
+    type: Literal["subscribed"] = "subscribed"
+    agents: list[str]
+    ref: Id | None = None
+
+
 class CommandAccepted(_Server):
     type: Literal["command.accepted"] = "command.accepted"
     command_id: str
@@ -168,7 +176,8 @@ class Presence(_Server):
 
 
 ServerMessage = (
-    Welcome | AuthExpiring | AuthRefreshed | Error | Pong | CommandAccepted | CommandDelivery
+    Welcome | AuthExpiring | AuthRefreshed | Error | Pong | Subscribed | CommandAccepted
+    | CommandDelivery
     | ResultDelivery | EventDelivery | Presence
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 HANDSHAKES = Counter(
     "hub_handshakes_total", "WebSocket handshakes by endpoint and outcome code", ["endpoint", "outcome"]
@@ -22,3 +22,8 @@ MESSAGES = Counter("hub_messages_total", "Messages by type and direction", ["typ
 CLOSES = Counter("hub_closes_total", "Server-initiated closes by code", ["code"])
 ENGINE_ERRORS = Counter("hub_engine_errors_total", "State engine failures by operation", ["op"])
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition of this process's metrics."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

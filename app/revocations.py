@@ -8,7 +8,7 @@ time, never by the token itself (tokens are malleable; see RFC 8725).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from app.tokens import Principal
@@ -41,6 +41,18 @@ class RevocationList:
             current = self._sub.get(revocation.sub)
             if current is None or current[0] < before:
                 self._sub[revocation.sub] = (before, revocation.expires_at)
+
+    def replace(self, revocations: Iterable[Revocation]) -> None:
+        """Swap in a full list (a reload from the store); entries added since are kept too."""
+        fresh = RevocationList(self._clock)
+        for revocation in revocations:
+            fresh.add(revocation)
+        for jti, expires in self._jti.items():
+            fresh._jti.setdefault(jti, expires)
+        for sub, entry in self._sub.items():
+            if sub not in fresh._sub or fresh._sub[sub][0] < entry[0]:
+                fresh._sub[sub] = entry
+        self._jti, self._sub = fresh._jti, fresh._sub
 
     def is_revoked(self, principal: Principal) -> bool:
         if principal.jti is not None and principal.jti in self._jti:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import threading
-import uuid
 from types import FrameType
 from typing import Any
 
 from app.bans import BanList
 from app.config import Settings
 from app.connections import Registry
+from app.control import ControlService
 from app.engine import ControlEvent, Engine, EngineUnavailable, create_engine
 from app.errors import Code
 from app.handshake import Gatekeeper
@@ -21,8 +20,9 @@ from app.hub import Hub
 from app.jwks import JwksKeys
 from app.logs import get_logger
 from app.revocations import Revocation, RevocationList
-from app.security_log import SecurityLog
+from app.security_log import WORKER_ID, SecurityLog
 from app.session import Limits
+from app.store import EventWriter, Store, run_retention
 from app.tokens import TokenVerifier
 
 log = get_logger("app.runtime")
@@ -33,7 +33,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = WORKER_ID
         self.engine = engine or create_engine(
             settings.redis_url, prefix=settings.redis_prefix, worker_id=self.worker_id
         )
@@ -43,10 +43,17 @@ class Runtime:
         )
         self.bans = BanList(settings.banned_networks)
         self.revocations = RevocationList()
-        self.security_log = SecurityLog()
+        self.store = Store(settings.database_url)
+        self.events = EventWriter(self.store)
+        self.security_log = SecurityLog(self.events.submit)
         self.registry = Registry()
         self.gatekeeper = Gatekeeper(
-            settings, self.verifier, self.engine, self.bans, self.revocations, self.security_log
+            settings, self.verifier, self.engine, self.bans, self.revocations, self.security_log,
+            worker_id=self.worker_id,
+        )
+        self.control = ControlService(
+            self.engine, self.store, self.bans, self.revocations,
+            revocation_ttl_seconds=settings.revocation_ttl_seconds,
         )
         self.limits = Limits(
             refresh_warning_seconds=settings.refresh_warning_seconds,
@@ -54,16 +61,30 @@ class Runtime:
             message_rate=settings.message_rate_per_second,
             message_burst=settings.message_burst,
         )
-        self.hub = Hub(self)
+        self.hub = Hub(
+            self.engine, self.registry.get, self.security_log,
+            lease_seconds=settings.connection_lease_seconds,
+            command_ttl_seconds=settings.command_ttl_seconds,
+        )
         self.log = get_logger("app.ws")
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        """Open in order: store, event writer, engine, security state, background work."""
+        await self.store.open()
+        self.events.start()
         self.engine.subscribe(self.on_control)
+        self.engine.on_message(self.hub.on_engine_message)
         await self.engine.start()
+        await self.control.load()
+        self.control.start()
         if self.jwks is not None:
             await self.jwks.prefetch()
         self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
+        self._tasks.append(asyncio.create_task(
+            run_retention(self.store, self.settings.security_event_retention_days),
+            name="retention",
+        ))
         self._drain_on_signals()
         log.info("hub.started", worker=self.worker_id, engine=self.engine.name)
 
@@ -75,7 +96,8 @@ class Runtime:
         for conn in closing:
             conn.close(Code.SERVICE_RESTART)
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_seconds
-        while len(self.registry) and asyncio.get_running_loop().time() < deadline:
+        # Polled once per shutdown, for at most the grace period: an Event would buy nothing.
+        while len(self.registry) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         return len(closing)
 
@@ -123,18 +145,31 @@ class Runtime:
                 continue
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.control.stop()
         await self.engine.close()
+        await self.events.stop()
+        await self.store.close()
         log.info("hub.stopped", worker=self.worker_id, closed=closing)
 
     async def _renew_leases(self) -> None:
         interval = max(1.0, self.settings.connection_lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
+            try:
+                await self.hub.sweep()
+            except EngineUnavailable:
+                log.warning("engine.presence_sweep_failed")
+            except Exception:
+                log.exception("engine.presence_sweep_error")
             leases = self.registry.leases()
             if not leases:
                 continue
+            lease_seconds = self.settings.connection_lease_seconds
             try:
-                await self.engine.renew(leases, lease_seconds=self.settings.connection_lease_seconds)
+                await self.engine.renew(leases, lease_seconds=lease_seconds)
+                await self.engine.renew_agents(
+                    self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
+                )
             except EngineUnavailable:
                 log.warning("engine.renew_failed", connections=len(leases))
             except Exception:
@@ -168,6 +203,5 @@ class Runtime:
                 lambda c: self.bans.is_banned(c.session.admission.client_ip), Code.IP_BANNED
             )
         else:
-            await self.hub.on_route(event)
             return
         log.info("control.applied", kind=event.kind, closed=closed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -17,7 +18,8 @@ from app.logs import get_logger
 
 log = get_logger("app.security")
 
-_WORKER = f"{os.uname().nodename}:{os.getpid()}"
+# One id per process: the same in security events, admin listings and engine routing.
+WORKER_ID = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,7 @@ class SecurityEvent:
     fingerprint: str | None = None
     detail: str | None = None
     at: float = field(default_factory=time.time)
-    worker: str = _WORKER
+    worker: str = WORKER_ID
 
 
 EventSink = Callable[[SecurityEvent], None]

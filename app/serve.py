@@ -25,7 +25,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws": WS_IMPLEMENTATION,
         "http": HTTP_IMPLEMENTATION,
         "h11_max_incomplete_event_size": H11_MAX_INCOMPLETE_EVENT_BYTES,
-        "ws_max_size": settings.max_message_bytes,
+        # Headroom above the limit: frames up to 4x it reach the app, which closes them 1009 with
+        # the contract's reason `message_too_big`; anything larger is cut off by the server (1009).
+        "ws_max_size": settings.max_message_bytes * 4,
         "ws_per_message_deflate": False,
         "ws_ping_interval": settings.ping_interval_seconds,
         "ws_ping_timeout": settings.ping_timeout_seconds,

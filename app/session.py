@@ -97,7 +97,7 @@ class Session:
     # Refresh --------------------------------------------------------------------------------
     def refreshed(self, principal: Principal, ref: object) -> list[Action]:
         """A refresh token verified (and found not revoked)."""
-        if principal.sub != self.principal.sub:
+        if principal.sub != self.principal.sub or principal.tenant != self.principal.tenant:
             return [Close(Code.IDENTITY_CHANGED)]
         if not may_connect(principal.roles, self.admission.endpoint):
             return [Close(Code.ROLE_FORBIDDEN)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.tokens import mint
+from tests.support.redis_server import RedisServer
 from tests.support.server import HubProcess
 
 SECRET = secrets.token_hex(32)
@@ -61,3 +63,24 @@ def start_hub(workdir: Path) -> Iterator[Callable[..., HubProcess]]:
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: ``TEST_REDIS_URL``, else a throwaway ``redis-server`` for the session (the
+    tests fail, never skip, when neither exists). Tests isolate themselves by key prefix."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def redis_env(url: str, **extra: str) -> dict[str, str]:
+    """Settings for a hub on ``url`` under a prefix of its own (shared by the hubs of one test)."""
+    return {"HUB_REDIS_URL": url, "HUB_REDIS_PREFIX": f"t{secrets.token_hex(5)}", **extra}

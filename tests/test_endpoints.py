@@ -107,7 +107,7 @@ async def test_dashboard_token_on_agent_endpoint_is_refused(hub: HubProcess) -> 
     [
         (lambda: "not-a-token", "token_malformed"),
         (lambda: make_token("x")[:-20] + "A" * 20, "token_invalid"),
-        (lambda: _nbf_token(), "token_not_yet_valid"),
+        (lambda: _nbf_token(), "token_not_yet_valid"),  # noqa: PLW0108 (defined below)
         (lambda: _unsigned("none"), "token_invalid"),
         (lambda: _claims_token({"sub": "x", "exp": "soon", "roles": ["agent"]}), "claims_invalid"),
         (lambda: "x" * 9000, "token_malformed"),

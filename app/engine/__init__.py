@@ -34,9 +34,9 @@ __all__ = [
 def create_engine(redis_url: str | None, *, prefix: str = "hub", worker_id: str) -> Engine:
     """The Redis engine when a URL is given, else the embedded one."""
     if redis_url:
-        from app.engine.redis import RedisEngine  # noqa: PLC0415 (only when configured)
+        from app.engine.redis import RedisEngine
 
         return RedisEngine(redis_url, prefix=prefix, worker_id=worker_id)
-    from app.engine.memory import MemoryEngine  # noqa: PLC0415
+    from app.engine.memory import MemoryEngine
 
     return MemoryEngine(worker_id=worker_id)

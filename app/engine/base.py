@@ -34,7 +34,7 @@ class Refused:
 IpVerdict = Admitted | Refused
 UserVerdict = Admitted | Refused
 
-ControlKind = Literal["kick", "revoke_jti", "revoke_sub", "ban", "route"]
+ControlKind = Literal["kick", "revoke_jti", "revoke_sub", "ban"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,25 +14,37 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   would lift it. A counter table thus stays under about twice ``max_keys``.
 - IP addresses are normalised (``::ffff:1.2.3.4`` is ``1.2.3.4``; one IPv6 address has one
   spelling), so a different spelling of the same address shares its window and ban.
+- A slot's :class:`ConnectionInfo` lives and dies with the slot (released, expired or swept
+  together). A slot admitted without ``info`` holds its place but is not listed.
+- Presence entries are leased like slots; "most recently connected" is the order of
+  :meth:`MemoryEngine.agent_online` calls (a counter, not the clock, so ties cannot happen).
+- Routed messages (:meth:`MemoryEngine.send_to_worker` for this worker, :meth:`publish_agent` for
+  a watched agent) go through a :class:`MessageInbox`: scheduled, never called inline, delivered
+  in order by one consumer task, as on Redis. A message for another worker is dropped (this
+  engine serves one worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 
 from app.engine.base import (
     Admitted,
+    ConnectionInfo,
     ControlEvent,
     ControlHandler,
     IpVerdict,
+    MessageHandler,
     Refused,
     UserVerdict,
 )
@@ -45,6 +57,12 @@ Clock = Callable[[], float]
 SWEEP_INTERVAL_SECONDS = 30.0
 MIN_SWEEP_TRIGGER = 1024
 DEFAULT_MAX_KEYS = 1_000_000
+# Routed messages waiting for the handler; past it new ones are dropped (delivery is at most once).
+INBOX_MAX_MESSAGES = 10_000
+# Only the first and every this-many-th dropped message are logged.
+INBOX_DROP_LOG_EVERY = 1_000
+# watch(tenant, WILDCARD): every agent of the tenant.
+WILDCARD = "*"
 
 _V = TypeVar("_V")
 
@@ -80,6 +98,74 @@ class _Log:
         return max(1, math.ceil(self.times[0] + self.window - now))
 
 
+def check_info(sub: str, conn_id: str, info: ConnectionInfo | None) -> None:
+    """Refuse an ``info`` that describes another slot (a caller bug that would mislist it)."""
+    if info is not None and (info.sub != sub or info.conn_id != conn_id):
+        raise ValueError("ConnectionInfo.sub and .conn_id must match the slot being admitted")
+
+
+def sort_connections(rows: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:
+    """One order on both engines: oldest connection first."""
+    return sorted(rows, key=lambda c: (c.connected_at, c.sub, c.conn_id))
+
+
+class MessageInbox:
+    """Routed messages on their way to the handler: one consumer task, in arrival order.
+
+    :meth:`put` never blocks and never awaits, so the producer (the Redis subscriber loop, or a
+    publishing coroutine) is never held up by the handler. A slow handler delays later messages
+    (ordering is kept) but never the producer; past ``maxsize`` waiting messages new ones are
+    dropped and logged. A failing handler call is logged and the next message is delivered.
+    """
+
+    def __init__(self, maxsize: int = INBOX_MAX_MESSAGES) -> None:
+        self.handler: MessageHandler | None = None
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize)
+        self._consumer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, message: str) -> None:
+        if self.handler is None or self._closed:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped % INBOX_DROP_LOG_EVERY == 1:
+                log.warning("engine.inbox_full", dropped=self.dropped, size=self._queue.maxsize)
+            return
+        if self._consumer is None or self._consumer.done():
+            self._consumer = asyncio.create_task(self._consume(), name="engine-inbox")
+
+    async def close(self) -> None:
+        self._closed = True
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        while True:
+            message = await self._queue.get()
+            handler = self.handler
+            if handler is None:
+                continue
+            try:
+                await handler(message)
+            except Exception:
+                log.exception("engine.message_handler_failed")
+
+
+@dataclass(slots=True)
+class _Presence:
+    """One connection serving an agent: its worker, its connection order, its lease expiry."""
+
+    worker: str
+    order: int
+    expiry: float
+
+
 class MemoryEngine:
     """The in-process engine (see the module docstring for its guarantees)."""
 
@@ -102,6 +188,13 @@ class MemoryEngine:
         self._bans: dict[str, float] = {}
         self._user_rate: dict[str, _Log] = {}
         self._slots: dict[str, dict[str, float]] = {}
+        # sub -> conn_id -> info; a subset of _slots' entries, purged with them.
+        self._info: dict[str, dict[str, ConnectionInfo]] = {}
+        # tenant -> agent_id -> conn_id -> presence.
+        self._agents: dict[str, dict[str, dict[str, _Presence]]] = {}
+        self._order = itertools.count(1)
+        self._watches: dict[tuple[str, str], int] = {}
+        self._inbox = MessageInbox()
         self._sweep_trigger = MIN_SWEEP_TRIGGER
         self._handler: ControlHandler | None = None
         # Strong references: the loop keeps only weak ones to tasks.
@@ -124,6 +217,7 @@ class MemoryEngine:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        await self._inbox.close()
 
     async def ping(self) -> bool:
         return True
@@ -152,7 +246,9 @@ class MemoryEngine:
         max_connections: int,
         lease_seconds: int,
         window: int = 60,
+        info: ConnectionInfo | None = None,
     ) -> UserVerdict:
+        check_info(sub, conn_id, info)
         now = self._clock()
         slots = self._live_slots(sub, now)
         entry = self._log(self._user_rate, sub, window, now)
@@ -164,16 +260,29 @@ class MemoryEngine:
         entry.times.append(now)
         slots[conn_id] = now + lease_seconds
         self._slots[sub] = slots
+        if info is not None:
+            self._info.setdefault(sub, {})[conn_id] = info
         self._after_insert()
         return Admitted()
 
     async def release(self, sub: str, conn_id: str) -> None:
+        self._drop_info(sub, conn_id)
         slots = self._slots.get(sub)
         if slots is None:
             return
         slots.pop(conn_id, None)
         if not slots:
             del self._slots[sub]
+
+    async def list_connections(self, sub: str | None = None) -> list[ConnectionInfo]:
+        now = self._clock()
+        subs = [sub] if sub is not None else list(self._info)
+        rows: list[ConnectionInfo] = []
+        for one in subs:
+            slots = self._live_slots(one, now)
+            infos = self._info.get(one, {})
+            rows.extend(info for conn_id, info in infos.items() if conn_id in slots)
+        return sort_connections(rows)
 
     async def renew(self, leases: Iterable[tuple[str, str]], *, lease_seconds: int) -> None:
         now = self._clock()
@@ -240,6 +349,76 @@ class MemoryEngine:
         except Exception:
             log.exception("engine.handler_failed", kind=event.kind)
 
+    # -- presence ----------------------------------------------------------------------------
+
+    async def agent_online(
+        self, tenant: str, agent_id: str, conn_id: str, *, lease_seconds: int
+    ) -> bool:
+        now = self._clock()
+        conns = self._live_conns(tenant, agent_id, now)
+        was_offline = not conns
+        held = conns.get(conn_id)
+        # Re-registering a live connection keeps its place in the connection order.
+        order = held.order if held is not None else next(self._order)
+        conns[conn_id] = _Presence(self.worker_id, order, now + lease_seconds)
+        self._agents.setdefault(tenant, {})[agent_id] = conns
+        return was_offline
+
+    async def agent_offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
+        conns = self._live_conns(tenant, agent_id, self._clock())
+        conns.pop(conn_id, None)
+        if not conns:
+            self._forget_agent(tenant, agent_id)
+        return not conns
+
+    async def renew_agents(
+        self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int
+    ) -> None:
+        now = self._clock()
+        for tenant, agent_id, conn_id in entries:
+            # An expired entry is not revived (the agent may have been announced offline).
+            held = self._live_conns(tenant, agent_id, now).get(conn_id)
+            if held is not None:
+                held.expiry = now + lease_seconds
+
+    async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
+        conns = self._live_conns(tenant, agent_id, self._clock())
+        if not conns:
+            return None
+        conn_id, newest = max(conns.items(), key=lambda item: item[1].order)
+        return newest.worker, conn_id
+
+    async def online_agents(self, tenant: str) -> set[str]:
+        now = self._clock()
+        agents = self._agents.get(tenant, {})
+        return {a for a in list(agents) if self._live_conns(tenant, a, now)}
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def on_message(self, handler: MessageHandler) -> None:
+        self._inbox.handler = handler
+
+    async def send_to_worker(self, worker_id: str, message: str) -> None:
+        if worker_id == self.worker_id and not self._closed:
+            self._inbox.put(message)
+
+    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
+        watched = (tenant, agent_id) in self._watches or (tenant, WILDCARD) in self._watches
+        if watched and not self._closed:
+            self._inbox.put(message)
+
+    async def watch(self, tenant: str, agent_id: str) -> None:
+        key = (tenant, agent_id)
+        self._watches[key] = self._watches.get(key, 0) + 1
+
+    async def unwatch(self, tenant: str, agent_id: str) -> None:
+        key = (tenant, agent_id)
+        count = self._watches.get(key, 0)
+        if count <= 1:
+            self._watches.pop(key, None)
+        else:
+            self._watches[key] = count - 1
+
     # -- bookkeeping -------------------------------------------------------------------------
 
     def tracked_keys(self) -> int:
@@ -250,6 +429,7 @@ class MemoryEngine:
             + len(self._bans)
             + len(self._user_rate)
             + len(self._slots)
+            + len(self._agents)
         )
 
     def sweep(self) -> None:
@@ -265,6 +445,11 @@ class MemoryEngine:
             del self._bans[ip]
         for sub in list(self._slots):
             self._live_slots(sub, now)
+        for sub in [s for s in self._info if s not in self._slots]:
+            del self._info[sub]
+        for tenant in list(self._agents):
+            for agent_id in list(self._agents.get(tenant, {})):
+                self._live_conns(tenant, agent_id, now)
         self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 
     def _log(self, table: dict[str, _Log], key: str, window: int, now: float) -> _Log:
@@ -289,12 +474,39 @@ class MemoryEngine:
         """The unexpired slots of ``sub``; the stored entry is dropped when none is left."""
         slots = self._slots.get(sub)
         if slots is None:
+            self._info.pop(sub, None)
             return {}
         for conn_id in [c for c, until in slots.items() if until <= now]:
             del slots[conn_id]
+            self._drop_info(sub, conn_id)
         if not slots:
             del self._slots[sub]
         return slots
+
+    def _drop_info(self, sub: str, conn_id: str) -> None:
+        infos = self._info.get(sub)
+        if infos is not None:
+            infos.pop(conn_id, None)
+            if not infos:
+                del self._info[sub]
+
+    def _live_conns(self, tenant: str, agent_id: str, now: float) -> dict[str, _Presence]:
+        """The unexpired connections of one agent; emptied containers are dropped."""
+        conns = self._agents.get(tenant, {}).get(agent_id)
+        if conns is None:
+            return {}
+        for conn_id in [c for c, p in conns.items() if p.expiry <= now]:
+            del conns[conn_id]
+        if not conns:
+            self._forget_agent(tenant, agent_id)
+        return conns
+
+    def _forget_agent(self, tenant: str, agent_id: str) -> None:
+        agents = self._agents.get(tenant)
+        if agents is not None:
+            agents.pop(agent_id, None)
+            if not agents:
+                del self._agents[tenant]
 
     def _after_insert(self) -> None:
         # Amortised O(1): a full sweep only once the tables have doubled since the last one.

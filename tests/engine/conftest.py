@@ -21,6 +21,7 @@ from tests.support.redis_server import RedisServer
 
 Advance = Callable[[float], Awaitable[None]]
 RedisFactory = Callable[..., Awaitable[RedisEngine]]
+Routed = tuple[Engine, asyncio.Queue[str]]
 
 
 class ManualClock:
@@ -74,11 +75,15 @@ async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFacto
         worker_id: str = "w1",
         handler: Callable[[ControlEvent], Awaitable[None]] | None = None,
         url: str | None = None,
+        inbox: asyncio.Queue[str] | None = None,
     ) -> RedisEngine:
+        """``inbox``: routed messages land there (``on_message`` before ``start``)."""
         engine = RedisEngine(url or redis_url, prefix=prefix, worker_id=worker_id)
         made.append(engine)
         if handler is not None:
             engine.subscribe(handler)
+        if inbox is not None:
+            engine.on_message(_into(inbox))
         await engine.start()
         return engine
 
@@ -140,3 +145,40 @@ async def realtime_engine(request: pytest.FixtureRequest) -> AsyncIterator[Engin
     await eng.start()
     yield eng
     await eng.close()
+
+
+def _into(inbox: asyncio.Queue[str]) -> Callable[[str], Awaitable[None]]:
+    async def handler(message: str) -> None:
+        inbox.put_nowait(message)
+
+    return handler
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def routed(request: pytest.FixtureRequest) -> AsyncIterator[Routed]:
+    """A started engine (worker ``w1``, real clock) whose routed messages land in the queue."""
+    eng: Engine
+    if request.param == "memory":
+        eng = MemoryEngine(worker_id="w1")
+    else:
+        url = request.getfixturevalue("redis_url")
+        eng = RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
+    inbox: asyncio.Queue[str] = asyncio.Queue()
+    eng.on_message(_into(inbox))
+    await eng.start()
+    yield eng, inbox
+    await eng.close()
+
+
+async def drain_until(inbox: asyncio.Queue[str], marker: str, timeout: float = 2.0) -> list[str]:
+    """Every message received before ``marker`` (which must arrive within ``timeout``).
+
+    Messages reach a worker in the order they were published (one subscriber connection, one
+    consumer), so a marker sent last proves that nothing else sent before it is still coming.
+    """
+    seen: list[str] = []
+    while True:
+        message = await asyncio.wait_for(inbox.get(), timeout)
+        if message == marker:
+            return seen
+        seen.append(message)

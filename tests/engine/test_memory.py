@@ -7,8 +7,8 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from app.engine.base import Admitted, ControlEvent, Refused
-from app.engine.memory import MemoryEngine
+from app.engine.base import Admitted, ConnectionInfo, ControlEvent, Refused
+from app.engine.memory import MemoryEngine, MessageInbox
 from app.errors import Code
 
 from .conftest import ManualClock
@@ -105,3 +105,63 @@ async def test_publish_schedules_delivery_and_survives_a_failing_handler() -> No
     await engine.publish(ControlEvent("kick", {"sub": "bob"}))
     await asyncio.sleep(0)
     assert len(seen) == 3
+
+
+async def test_sweep_drops_expired_presence_and_info() -> None:
+    clock = ManualClock()
+    engine = MemoryEngine(worker_id="w1", clock=clock)
+    row = ConnectionInfo("c0", "alice", "/ws/agent", "192.0.2.1", "w1", 1.0)
+    await engine.admit_user("alice", "c0", rate_limit=5, max_connections=1, lease_seconds=1,
+                            window=1, info=row)
+    await engine.agent_online("acme", "a1", "c0", lease_seconds=1)
+    assert engine.tracked_keys() == 3  # rate, slots, one tenant's agents
+    clock.advance(1.5)
+    engine.sweep()
+    assert engine.tracked_keys() == 0
+    assert engine._info == {}  # the info went with its slot
+    assert await engine.list_connections() == []
+
+
+async def test_routed_messages_are_scheduled_and_stop_at_close() -> None:
+    engine = MemoryEngine(worker_id="w1")
+    seen: list[str] = []
+
+    async def handler(message: str) -> None:
+        seen.append(message)
+
+    engine.on_message(handler)
+    await engine.start()
+    await engine.send_to_worker("w1", "one")
+    await engine.send_to_worker("w2", "for another worker: dropped")
+    assert seen == []  # not called inline
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert seen == ["one"]
+    await engine.close()
+    await engine.send_to_worker("w1", "after close")
+    await asyncio.sleep(0)
+    assert seen == ["one"]
+
+
+async def test_a_full_inbox_drops_and_logs() -> None:
+    inbox = MessageInbox(maxsize=2)
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(message: str) -> None:
+        await gate.wait()
+        seen.append(message)
+
+    inbox.handler = handler
+    with capture_logs() as logs:
+        for n in range(5):
+            inbox.put(f"m{n}")
+        await asyncio.sleep(0)
+        # Put without yielding: m0 and m1 filled the queue, m2 to m4 had no room.
+        assert inbox.dropped == 3
+        gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert seen == ["m0", "m1"]
+    assert [e["event"] for e in logs] == ["engine.inbox_full"]
+    await inbox.close()

@@ -50,7 +50,15 @@ class HubProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def migrate(self) -> None:
+        """What the container does before it serves: ``hubctl migrate``."""
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "migrate"], cwd=self.workdir,
+            env={**self.env, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True, timeout=60,
+        )
+
     def start(self, timeout: float = 20.0) -> HubProcess:
+        self.migrate()
         with self.log_path.open("ab") as log:
             self.process = self._spawn(log)
         deadline = time.monotonic() + timeout

@@ -1,0 +1,261 @@
+"""The hub part of the Redis engine that needs several workers, a real server or key inspection:
+cluster-wide info and presence, cross-worker routing, resubscription after an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
+from structlog.testing import capture_logs
+
+from app.engine.base import Admitted, ConnectionInfo
+from tests.support.redis_server import RedisServer
+
+from .conftest import RedisFactory, drain_until
+
+pytestmark = pytest.mark.redis
+
+LIMITS = {"rate_limit": 1000, "max_connections": 10, "lease_seconds": 30}
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+def info(sub: str, conn_id: str, worker: str, at: float) -> ConnectionInfo:
+    return ConnectionInfo(conn_id, sub, "/ws/agent", "192.0.2.7", worker, at)
+
+
+async def test_info_and_presence_are_cluster_wide_and_a_killed_worker_fades(
+    redis_factory: RedisFactory,
+) -> None:
+    w1, w2 = await redis_factory(worker_id="w1"), await redis_factory(worker_id="w2")
+    alive, killed = info("alice", "c1", "w1", 1.0), info("alice", "c2", "w2", 2.0)
+    assert await w1.admit_user("alice", "c1", **{**LIMITS, "lease_seconds": 1}, info=alive) == (
+        Admitted()
+    )
+    assert await w2.admit_user("alice", "c2", **{**LIMITS, "lease_seconds": 1}, info=killed) == (
+        Admitted()
+    )
+    assert await w1.agent_online("acme", "a1", "c1", lease_seconds=1) is True
+    assert await w2.agent_online("acme", "a1", "c2", lease_seconds=1) is False
+    assert await w2.agent_online("acme", "a2", "c2", lease_seconds=1) is True
+
+    for worker in (w1, w2):
+        assert await worker.list_connections() == [alive, killed]
+        assert await worker.locate_agent("acme", "a1") == ("w2", "c2")
+        assert await worker.online_agents("acme") == {"a1", "a2"}
+
+    # w2 is killed: it renews nothing any more; w1 keeps renewing its own.
+    for _ in range(3):
+        await asyncio.sleep(0.45)
+        await w1.renew([("alice", "c1")], lease_seconds=1)
+        await w1.renew_agents([("acme", "a1", "c1")], lease_seconds=1)
+    assert await w1.list_connections() == [alive]
+    assert await w1.list_connections("alice") == [alive]
+    assert await w1.locate_agent("acme", "a1") == ("w1", "c1")
+    assert await w1.online_agents("acme") == {"a1"}
+
+
+async def test_send_to_worker_reaches_only_that_worker(redis_factory: RedisFactory) -> None:
+    inboxes: list[asyncio.Queue[str]] = [asyncio.Queue() for _ in range(3)]
+    workers = [await redis_factory(worker_id=f"w{n}", inbox=q) for n, q in enumerate(inboxes)]
+    await workers[0].send_to_worker("w1", "for w1")
+    await workers[1].send_to_worker("w2", "for w2")
+    await workers[2].send_to_worker("w0", "for w0")
+    await workers[2].send_to_worker("gone", "for nobody")
+    for n, worker in enumerate(workers):
+        await worker.send_to_worker(f"w{n}", "end")
+    assert await drain_until(inboxes[0], "end") == ["for w0"]
+    assert await drain_until(inboxes[1], "end") == ["for w1"]
+    assert await drain_until(inboxes[2], "end") == ["for w2"]
+
+
+async def test_publish_agent_reaches_each_watching_worker_exactly_once(
+    redis_factory: RedisFactory,
+) -> None:
+    names = ["agent", "tenant", "both", "none", "other"]
+    inboxes = {name: asyncio.Queue[str]() for name in names}
+    workers = {name: await redis_factory(worker_id=name, inbox=inboxes[name]) for name in names}
+    await workers["agent"].watch("acme", "a1")
+    await workers["tenant"].watch("acme", "*")
+    await workers["both"].watch("acme", "a1")
+    await workers["both"].watch("acme", "*")
+    await workers["other"].watch("globex", "*")
+    await workers["other"].watch("globex", "a1")
+
+    publisher = workers["none"]
+    await publisher.publish_agent("acme", "a1", "acme/a1")
+    await publisher.publish_agent("acme", "a2", "acme/a2")
+    for name, worker in workers.items():
+        await publisher.send_to_worker(name, "end")
+        assert worker.worker_id == name
+    assert await drain_until(inboxes["agent"], "end") == ["acme/a1"]
+    assert await drain_until(inboxes["tenant"], "end") == ["acme/a1", "acme/a2"]
+    assert await drain_until(inboxes["both"], "end") == ["acme/a1", "acme/a2"]
+    assert await drain_until(inboxes["none"], "end") == []
+    assert await drain_until(inboxes["other"], "end") == []
+
+
+async def test_watches_are_resubscribed_after_a_redis_restart(
+    own_server: RedisServer, redis_factory: RedisFactory
+) -> None:
+    inbox: asyncio.Queue[str] = asyncio.Queue()
+    with capture_logs() as logs:
+        engine = await redis_factory(url=own_server.url, inbox=inbox)
+        publisher = await redis_factory(worker_id="pub", url=own_server.url)
+        await engine.watch("acme", "a1")
+        await engine.watch("", "*")
+        await publisher.publish_agent("acme", "a1", "before")
+        await publisher.send_to_worker("w1", "end0")
+        assert await drain_until(inbox, "end0") == ["before"]
+
+        own_server.stop()
+        await _wait_for(lambda: "engine.subscriber_lost" in _names(logs), 5)
+        # Watched while Redis is down: no error, subscribed once it is back.
+        await engine.watch("acme", "a2")
+        await engine.unwatch("acme", "a1")
+        own_server.start()
+
+        # At most once: publish until the subscriber is back, then every watch must work.
+        deadline = time.monotonic() + 10
+        while inbox.empty():
+            assert time.monotonic() < deadline, "the subscriber did not come back"
+            await publisher.send_to_worker("w1", "ping")
+            await asyncio.sleep(0.1)
+        for message, tenant, agent in (("m-a1", "acme", "a1"), ("m-a2", "acme", "a2"),
+                                       ("m-any", "", "x")):
+            await publisher.publish_agent(tenant, agent, message)
+        await publisher.send_to_worker("w1", "end1")
+        seen = [m for m in await drain_until(inbox, "end1") if m != "ping"]
+        assert seen == ["m-a2", "m-any"]
+    names = _names(logs)
+    assert names.index("engine.subscriber_lost") < names.index("engine.subscriber_restored")
+
+
+async def test_hub_keys_are_cluster_safe_and_expire(
+    redis_factory: RedisFactory, raw: aioredis.Redis, prefix: str
+) -> None:
+    engine = await redis_factory()
+    ids = ["", "*", "{x}", "a}{:b", "t:*"]
+    for tenant in ids:
+        for agent in ids:
+            assert await engine.agent_online(tenant, agent, "c0", lease_seconds=30) is True
+        assert await engine.online_agents(tenant) == set(ids)
+    for sub in ids:
+        row = ConnectionInfo("c0", sub, "/ws/agent", "192.0.2.1", "w1", 1.0)
+        assert await engine.admit_user(sub, "c0", **LIMITS, info=row) == Admitted()
+        assert await engine.list_connections(sub) == [row]
+
+    keys = [k.decode() async for k in raw.scan_iter(match=f"{prefix}:*")]
+    b64 = "[A-Za-z0-9_-]*"
+    presence = [k for k in keys if re.fullmatch(rf"{prefix}:\{{t:{b64}\}}:(agents|a:{b64})", k)]
+    users = [k for k in keys if re.fullmatch(rf"{prefix}:\{{u:{b64}\}}:(slots|rate|info)", k)]
+    assert len(presence) == len(ids) * (len(ids) + 1)
+    assert len(users) == 3 * len(ids)
+    assert sorted(presence + users) == sorted(keys)
+    for key in keys:
+        assert (await raw.pttl(key)) > 0, f"{key} has no TTL"
+    for tenant in ids:
+        slot = key_slot(engine.agents_key(tenant).encode())
+        assert all(key_slot(engine.agent_key(tenant, a).encode()) == slot for a in ids)
+    assert engine.user_key("x", "info") != engine.user_key("x", "slots")
+    assert key_slot(engine.user_key("x", "info").encode()) == key_slot(
+        engine.user_key("x", "slots").encode()
+    )
+    # The tenant-wide channel cannot be an agent's: base64url has no "*".
+    assert engine.agent_channel("t", "*").endswith(":*")
+    assert len({engine.agent_channel(t, a) for t in ids for a in ids}) == len(ids) ** 2
+
+    for tenant in ids:
+        for agent in ids:
+            assert await engine.agent_offline(tenant, agent, "c0") is True
+        await engine.release(tenant, "c0")
+    left = [k.decode() async for k in raw.scan_iter(match=f"{prefix}:*")]
+    # Only the rate windows remain (they expire with their window).
+    assert all(k.endswith(":rate") for k in left), left
+
+
+async def test_one_round_trip_per_hub_call(
+    redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = await redis_factory()
+    row = ConnectionInfo("c1", "alice", "/ws/agent", "192.0.2.1", "w1", 1.0)
+    # Warm up: connections open (HELLO/SETNAME happen once per connection, not per call).
+    await engine.admit_user("alice", "c0", **LIMITS)
+    await engine.publish_agent("acme", "a1", "warm")
+
+    sent: list[bytes] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counting_send(self: AbstractConnection, command: Any, *a: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        sent.append(b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks))
+        await send(self, command, *a, **kw)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    calls: list[tuple[Any, bytes]] = [
+        (lambda: engine.admit_user("alice", "c1", **LIMITS, info=row), b"EVALSHA"),
+        (lambda: engine.list_connections("alice"), b"EVALSHA"),
+        (lambda: engine.renew([("alice", "c1"), ("bob", "c1")], lease_seconds=30), b"EVALSHA"),
+        (lambda: engine.release("alice", "c1"), b"EVALSHA"),
+        (lambda: engine.agent_online("acme", "a1", "c1", lease_seconds=30), b"EVALSHA"),
+        (lambda: engine.locate_agent("acme", "a1"), b"EVALSHA"),
+        (lambda: engine.online_agents("acme"), b"EVALSHA"),
+        (lambda: engine.renew_agents([("acme", "a1", "c1"), ("b", "a", "c")], lease_seconds=30),
+         b"EVALSHA"),
+        (lambda: engine.agent_offline("acme", "a1", "c1"), b"EVALSHA"),
+        (lambda: engine.send_to_worker("w2", "hi"), b"PUBLISH"),
+        (lambda: engine.publish_agent("acme", "a1", "hi"), b"PUBLISH"),
+    ]
+    for call, command in calls:
+        sent.clear()
+        await call()
+        # Pipelines go out as one write: one round trip.
+        assert len(sent) == 1, sent
+        assert command in sent[0]
+        assert b"SCRIPT" not in sent[0]
+
+
+async def test_pipelined_scripts_survive_a_redis_restart(
+    own_server: RedisServer, redis_factory: RedisFactory
+) -> None:
+    engine = await redis_factory(url=own_server.url)
+    own_server.stop()
+    own_server.start()  # empty: no scripts loaded, NOSCRIPT on the first EVALSHA
+    assert await engine.admit_user("alice", "c1", **LIMITS) == Admitted()
+    await engine.renew([("alice", "c1")], lease_seconds=30)
+    assert await engine.agent_online("acme", "a1", "c1", lease_seconds=30) is True
+    own_server.stop()
+    own_server.start()
+    await engine.renew_agents([("acme", "a1", "c1")], lease_seconds=30)
+    await engine.renew([("alice", "c1")], lease_seconds=30)
+
+
+def _names(logs: list[Any]) -> list[str]:
+    return [str(entry["event"]) for entry in logs]
+
+
+async def _wait_for(predicate: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
