@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app import cli_admin
 from app.config import HMAC_ALGORITHMS, Settings, SettingsError, load_settings
 from app.logs import configure_logging
 from app.tokens import TokenVerifier
@@ -98,11 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = verbs.add_parser("migrate", help="apply database migrations to HUB_DATABASE_URL")
     migrate.set_defaults(func=cmd_migrate)
+
+    cli_admin.add_parsers(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "admin", False):
+        return cli_admin.run(args, _settings())
     result: int = args.func(args)
     return result
 

@@ -51,5 +51,14 @@ class Peer:
             return
         raise AssertionError(f"unexpected {got}")
 
+    async def closed(self, code: int, reason: str, timeout: float = 5.0) -> None:
+        """Assert that the server closes this connection with ``code`` and ``reason``."""
+        try:
+            while True:
+                self.seen.append(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None, "no close frame from the server"
+            assert (closed.rcvd.code, closed.rcvd.reason) == (code, reason)
+
     async def close(self) -> None:
         await self.ws.close()
