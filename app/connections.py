@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from app import metrics
+from app.engine.base import ConnectionInfo
 from app.errors import Code, spec
 from app.logs import get_logger
 from app.session import Action, Close, Send, Session
@@ -167,8 +168,15 @@ class Registry:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def leases(self) -> list[tuple[str, str]]:
-        return [(c.session.admission.principal.sub, c.conn_id) for c in self._by_id.values()]
+    def leases(self, worker_id: str) -> list[ConnectionInfo]:
+        """What the engine needs to renew (or re-establish) each live connection's lease."""
+        return [
+            ConnectionInfo(
+                conn_id=a.conn_id, sub=a.principal.sub, endpoint=a.endpoint.value,
+                client_ip=a.client_ip, worker=worker_id, connected_at=a.connected_at,
+            )
+            for a in (c.session.admission for c in self._by_id.values())
+        ]
 
     def close_where(self, predicate: Callable[[Connection], bool], code: Code) -> int:
         """Close every connection matching ``predicate`` with ``code``; how many."""

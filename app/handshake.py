@@ -259,6 +259,7 @@ class Gatekeeper:
             subprotocol=subprotocol,
             user_agent=request.headers.get("user-agent"),
             origin=origin,
+            connected_at=info.connected_at,
         )
 
     async def _engine_step(

@@ -161,7 +161,7 @@ class Runtime:
                 log.warning("engine.presence_sweep_failed")
             except Exception:
                 log.exception("engine.presence_sweep_error")
-            leases = self.registry.leases()
+            leases = self.registry.leases(self.worker_id)
             if not leases:
                 continue
             lease_seconds = self.settings.connection_lease_seconds

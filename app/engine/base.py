@@ -118,8 +118,10 @@ class Engine(Protocol):
     async def list_connections(self, sub: str | None = None) -> list[ConnectionInfo]:
         """Live connections on every worker (expired leases left out), of one ``sub`` or all."""
 
-    async def renew(self, leases: Iterable[tuple[str, str]], *, lease_seconds: int) -> None:
-        """Extend the leases of live ``(sub, conn_id)`` slots. An expired lease is not revived."""
+    async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
+        """Extend the leases of this worker's live connections. A live connection whose slot is
+        gone (its lease ran out during a Redis outage, or Redis lost its data) gets it back, with
+        its info, even past ``max_connections``: a connection that is open is counted."""
 
     async def count_connections(self, sub: str) -> int:
         """Live (unexpired) slots of ``sub``."""
@@ -162,7 +164,8 @@ class Engine(Protocol):
     async def renew_agents(
         self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int
     ) -> None:
-        """Extend the presence leases of live ``(tenant, agent_id, conn_id)`` entries."""
+        """Extend the presence leases of live ``(tenant, agent_id, conn_id)`` entries of this
+        worker; an entry whose lease ran out is re-established (as for :meth:`renew`)."""
 
     async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
         """``(worker_id, conn_id)`` of the agent's most recently connected live connection, the

@@ -18,6 +18,10 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   together). A slot admitted without ``info`` holds its place but is not listed.
 - Presence entries are leased like slots; "most recently connected" is the order of
   :meth:`MemoryEngine.agent_online` calls (a counter, not the clock, so ties cannot happen).
+- :meth:`MemoryEngine.renew` and :meth:`MemoryEngine.renew_agents` re-establish what ran out
+  (e.g. the event loop stalled past a lease): the slot and its info, even past the maximum; the
+  presence entry in its old place in the order when still known, else below every live connection
+  of the agent (the newest only when it is alone). A live slot without info gets the given one.
 - Routed messages (:meth:`MemoryEngine.send_to_worker` for this worker, :meth:`publish_agent` for
   a watched agent) go through a :class:`MessageInbox`: scheduled, never called inline, delivered
   in order by one consumer task, as on Redis. A message for another worker is dropped (this
@@ -284,16 +288,23 @@ class MemoryEngine:
             rows.extend(info for conn_id, info in infos.items() if conn_id in slots)
         return sort_connections(rows)
 
-    async def renew(self, leases: Iterable[tuple[str, str]], *, lease_seconds: int) -> None:
+    async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
         now = self._clock()
         expiry = now + lease_seconds
-        for sub, conn_id in leases:
-            slots = self._live_slots(sub, now)
-            # An expired lease is not brought back: its slot may already belong to someone else.
-            if conn_id in slots:
-                slots[conn_id] = expiry
-            if slots:
-                self._slots[sub] = slots
+        revived = 0
+        for info in connections:
+            slots = self._live_slots(info.sub, now)
+            # A connection that is open is counted: a slot whose lease ran out (the loop stalled
+            # past the lease) is taken again, even past max_connections, and its info with it.
+            if info.conn_id not in slots:
+                revived += 1
+            slots[info.conn_id] = expiry
+            self._slots[info.sub] = slots
+            # A stored info is kept (a re-admission may have replaced it); a missing one is set.
+            self._info.setdefault(info.sub, {}).setdefault(info.conn_id, info)
+        if revived:
+            log.warning("engine.leases_revived", count=revived)
+            self._after_insert()
 
     async def count_connections(self, sub: str) -> int:
         slots = self._live_slots(sub, self._clock())
@@ -375,11 +386,30 @@ class MemoryEngine:
         self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int
     ) -> None:
         now = self._clock()
+        expiry = now + lease_seconds
+        revived = 0
         for tenant, agent_id, conn_id in entries:
-            # An expired entry is not revived (the agent may have been announced offline).
-            held = self._live_conns(tenant, agent_id, now).get(conn_id)
+            # Read before the purge: an expired entry not yet dropped still knows its order.
+            stale = self._agents.get(tenant, {}).get(agent_id, {}).get(conn_id)
+            conns = self._live_conns(tenant, agent_id, now)
+            held = conns.get(conn_id)
             if held is not None:
-                held.expiry = now + lease_seconds
+                held.expiry = expiry
+                continue
+            # Re-established (the connection is open): it keeps its place in the connection
+            # order when known; else it ranks below every live connection of the agent, so it
+            # never takes "most recent" from a newer one (it is the newest only when alone).
+            if stale is not None:
+                order = stale.order
+            elif conns:
+                order = min(p.order for p in conns.values()) - 1
+            else:
+                order = next(self._order)
+            conns[conn_id] = _Presence(self.worker_id, order, expiry)
+            self._agents.setdefault(tenant, {})[agent_id] = conns
+            revived += 1
+        if revived:
+            log.warning("engine.presence_revived", count=revived)
 
     async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
         conns = self._live_conns(tenant, agent_id, self._clock())

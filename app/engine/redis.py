@@ -12,7 +12,10 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   part in braces is the Redis Cluster hash tag, so each script touches one slot; ``<sub>``,
   ``<tenant>`` and ``<agent>`` are base64url of their UTF-8 bytes, so no ``{``, ``}``, ``:`` or
   ``*`` in an id can move the tag or alias another key, and the tenant "" is ``{t:}``. Every key
-  has a TTL: idle users, addresses and tenants vanish by themselves. A slot's
+  has a TTL: idle users, addresses and tenants vanish by themselves. :meth:`RedisEngine.renew`
+  and :meth:`RedisEngine.renew_agents` write back what is gone (a lease that ran out during an
+  outage, or data Redis lost), since the worker renews only connections that are open (see
+  ``renew.lua`` and ``renew_agents.lua`` for the rules, notably "connected at"). A slot's
   :class:`ConnectionInfo` (JSON in ``info``) is written, released and expired with the slot, in
   the same script; a slot admitted without info is not listed.
 - Unreachable or failing Redis raises :class:`EngineUnavailable` within about a second (short
@@ -349,21 +352,22 @@ class RedisEngine:
                 break
         return sorted(keys)
 
-    async def renew(self, leases: Iterable[tuple[str, str]], *, lease_seconds: int) -> None:
-        by_sub: defaultdict[str, list[str]] = defaultdict(list)
-        for sub, conn_id in leases:
-            by_sub[sub].append(conn_id)
+    async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
+        by_sub: defaultdict[str, list[str | int]] = defaultdict(list)
+        for info in connections:
+            by_sub[info.sub] += [info.conn_id, _info_json(info)]
         if not by_sub:
             return
         calls: list[_Call] = [
-            ([self.user_key(sub, "slots"), self.user_key(sub, "info")], [lease_seconds, *conn_ids])
-            for sub, conn_ids in by_sub.items()
+            ([self.user_key(sub, "slots"), self.user_key(sub, "info")], [lease_seconds, *args])
+            for sub, args in by_sub.items()
         ]
         try:
             # One script per user (one hash slot each), all in one pipelined round trip.
-            await self._run_many("renew", calls)
+            replies = await self._run_many("renew", calls)
         except _UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis renew: {type(exc).__name__}: {exc}") from exc
+        _log_revived("engine.leases_revived", replies)
 
     async def count_connections(self, sub: str) -> int:
         keys = [self.user_key(sub, "slots"), self.user_key(sub, "info")]
@@ -434,16 +438,17 @@ class RedisEngine:
         for tenant, pairs in by_tenant.items():
             for start in range(0, len(pairs), RENEW_BATCH):
                 keys = [self.agents_key(tenant)]
-                args: list[str | int] = [lease_seconds]
+                args: list[str | int] = [lease_seconds, self.worker_id]
                 for agent_id, conn_id in pairs[start : start + RENEW_BATCH]:
                     keys.append(self.agent_key(tenant, agent_id))
                     args += [agent_id, conn_id]
                 calls.append((keys, args))
         try:
             # One script per tenant (one hash slot each) and batch, in one pipelined round trip.
-            await self._run_many("renew_agents", calls)
+            replies = await self._run_many("renew_agents", calls)
         except _UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis renew_agents: {type(exc).__name__}: {exc}") from exc
+        _log_revived("engine.presence_revived", replies)
 
     async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
         reply = await self._run("locate_agent", [self.agent_key(tenant, agent_id)], [])
@@ -657,6 +662,13 @@ def _text(value: Any) -> str:
 def _glob_escape(value: str) -> str:
     """``value`` matched literally by a Redis glob (SCAN MATCH)."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in value)
+
+
+def _log_revived(event: str, replies: list[Any]) -> None:
+    """Log how many leases the renew scripts (``{renewed, revived}`` each) re-established."""
+    revived = sum(int(reply[1]) for reply in replies if isinstance(reply, list) and len(reply) > 1)
+    if revived:
+        log.warning(event, count=revived)
 
 
 def _info_json(info: ConnectionInfo) -> str:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.engine.base import Admitted, ControlEvent, Engine, Refused
+from app.engine.base import Admitted, ConnectionInfo, ControlEvent, Engine, Refused
 from app.errors import Code
 
 from .conftest import Advance
 
 LIMITS = {"rate_limit": 100, "max_connections": 3, "lease_seconds": 30}
+
+
+def conn(sub: str, conn_id: str, at: float = 1.0) -> ConnectionInfo:
+    """An open connection of worker w1, as its registry hands it to renew()."""
+    return ConnectionInfo(conn_id, sub, "/ws/dashboard", "192.0.2.1", "w1", at)
 
 
 async def test_ping_and_idempotent_close(realtime_engine: Engine) -> None:
@@ -73,17 +78,54 @@ async def test_renew_keeps_a_slot_past_its_first_lease(engine: Engine, advance: 
     assert await engine.admit_user("bob", "c0", **limits) == Admitted()
     assert await engine.admit_user("alice", "c1", **limits) == Admitted()
     await advance(0.6)
-    await engine.renew([("alice", "c0"), ("bob", "c0")], lease_seconds=1)
+    await engine.renew([conn("alice", "c0"), conn("bob", "c0")], lease_seconds=1)
     await advance(0.6)
     # Past the first lease: the renewed slots live, the one not renewed is gone.
     assert await engine.count_connections("alice") == 1
     assert await engine.count_connections("bob") == 1
     await advance(0.6)
-    assert await engine.count_connections("alice") == 0
-    # An expired lease is not brought back by a late renewal (its slot may be someone else's).
-    await engine.renew([("alice", "c0")], lease_seconds=1)
+    # No renewal came (a killed worker): the lease ran out.
     assert await engine.count_connections("alice") == 0
     await engine.renew([], lease_seconds=1)
+
+
+async def test_renew_revives_an_open_connection_whose_lease_ran_out(
+    engine: Engine, advance: Advance
+) -> None:
+    limits = {**LIMITS, "max_connections": 1, "lease_seconds": 1}
+    open_conn = conn("alice", "open", at=1)
+    assert await engine.admit_user("alice", "open", **limits, info=open_conn) == Admitted()
+    # Renewals could not get through for longer than the lease (an outage): the slot is gone...
+    await advance(1.1)
+    assert await engine.count_connections("alice") == 0
+    assert await engine.list_connections("alice") == []
+    # ...and meanwhile another connection took the only slot.
+    newer = conn("alice", "newer", at=2)
+    assert await engine.admit_user("alice", "newer", **limits, info=newer) == Admitted()
+    # The connection is still open: the next renewal counts it again, even past the maximum.
+    await engine.renew([open_conn], lease_seconds=30)
+    assert await engine.count_connections("alice") == 2
+    assert await engine.list_connections("alice") == [open_conn, newer]
+    assert await engine.admit_user("alice", "third", **limits) == Refused(Code.CONNECTION_LIMIT)
+    # Renewing a live slot again takes no second slot.
+    await engine.renew([open_conn], lease_seconds=30)
+    assert await engine.count_connections("alice") == 2
+
+
+async def test_renew_revives_a_slot_of_a_user_with_no_state_left(
+    engine: Engine, advance: Advance
+) -> None:
+    assert await engine.admit_user("bob", "c0", **{**LIMITS, "lease_seconds": 1}) == Admitted()
+    await advance(1.1)
+    # Every key of bob is gone (on Redis they expired); renewing still brings the slot back.
+    await engine.renew([conn("bob", "c0"), conn("carol", "c9")], lease_seconds=1)
+    assert await engine.count_connections("bob") == 1
+    assert await engine.count_connections("carol") == 1
+    assert await engine.list_connections("bob") == [conn("bob", "c0")]
+    # Once renewals stop, the revived slot expires as any other.
+    await advance(1.1)
+    assert await engine.count_connections("bob") == 0
+    assert await engine.list_connections() == []
 
 
 async def test_user_rate_limit_reports_when_the_oldest_attempt_leaves(engine: Engine) -> None:

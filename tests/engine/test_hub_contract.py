@@ -66,13 +66,35 @@ async def test_info_expires_with_its_lease_unless_renewed(engine: Engine, advanc
     for row in (kept, dead):
         assert await engine.admit_user("alice", row.conn_id, **limits, info=row) == Admitted()
     await advance(0.6)
-    await engine.renew([("alice", "kept")], lease_seconds=1)
+    await engine.renew([kept], lease_seconds=1)
     await advance(0.6)
     # The worker of "dead" stopped renewing (killed): its connection is no longer listed.
     assert await engine.list_connections("alice") == [kept]
     assert await engine.list_connections() == [kept]
     await advance(0.6)
     assert await engine.list_connections() == []
+
+
+async def test_renew_brings_an_expired_connection_back_with_its_info(
+    engine: Engine, advance: Advance
+) -> None:
+    limits = {**LIMITS, "lease_seconds": 1}
+    a0, b0 = info("alice", "c0", at=1), info("bob", "c0", at=2)
+    for row in (a0, b0):
+        assert await engine.admit_user(row.sub, row.conn_id, **limits, info=row) == Admitted()
+    await advance(1.1)
+    assert await engine.list_connections() == []
+    await engine.renew([a0, b0], lease_seconds=30)
+    assert await engine.list_connections("alice") == [a0]
+    assert await engine.list_connections() == [a0, b0]
+    # A slot admitted without info gets the renewed one and is listed from then on.
+    assert await engine.admit_user("carol", "c0", **LIMITS) == Admitted()
+    c0 = info("carol", "c0", at=3)
+    await engine.renew([c0], lease_seconds=30)
+    assert await engine.list_connections() == [a0, b0, c0]
+    # A stored info is kept: a renewal does not overwrite what a re-admission set.
+    await engine.renew([info("alice", "c0", at=9, endpoint="/ws/agent")], lease_seconds=30)
+    assert await engine.list_connections("alice") == [a0]
 
 
 # -- presence ----------------------------------------------------------------------------------
@@ -123,11 +145,52 @@ async def test_presence_expires_without_renewal(engine: Engine, advance: Advance
     assert await engine.locate_agent("acme", "dead") is None
     # The newest connection of "both" expired: the older, renewed one now gets its commands.
     assert await engine.locate_agent("acme", "both") == (engine.worker_id, "old")
-    # A late renewal does not bring an expired entry back.
-    await engine.renew_agents([("acme", "dead", "c2")], lease_seconds=1)
-    assert await engine.online_agents("acme") == {"kept", "both"}
-    assert await engine.agent_online("acme", "dead", "c2", lease_seconds=1) is True
     await engine.renew_agents([], lease_seconds=1)
+    await advance(0.6)
+    # No renewal came for any of them (a killed worker): all are offline.
+    assert await engine.online_agents("acme") == set()
+    assert await engine.locate_agent("acme", "both") is None
+
+
+async def test_renew_agents_revives_an_expired_entry(engine: Engine, advance: Advance) -> None:
+    assert await engine.agent_online("acme", "a1", "c1", lease_seconds=1) is True
+    await advance(1.1)
+    assert await engine.online_agents("acme") == set()
+    assert await engine.locate_agent("acme", "a1") is None
+    # The connection is still open (its renewals failed for longer than the lease).
+    await engine.renew_agents([("acme", "a1", "c1"), ("acme", "a2", "c2")], lease_seconds=30)
+    assert await engine.online_agents("acme") == {"a1", "a2"}
+    assert await engine.locate_agent("acme", "a1") == (engine.worker_id, "c1")
+    assert await engine.locate_agent("acme", "a2") == (engine.worker_id, "c2")
+    # A live entry again: re-registering it is no transition.
+    assert await engine.agent_online("acme", "a1", "c1", lease_seconds=30) is False
+    assert await engine.agent_offline("acme", "a1", "c1") is True
+
+
+async def test_a_revived_entry_does_not_take_over_from_a_newer_connection(
+    engine: Engine, advance: Advance
+) -> None:
+    await engine.agent_online("acme", "a1", "old", lease_seconds=1)
+    await advance(1.1)
+    # "old" expired (and is purged by this call); a new connection of the agent arrives.
+    assert await engine.agent_online("acme", "a1", "new", lease_seconds=30) is True
+    await engine.renew_agents([("acme", "a1", "old")], lease_seconds=30)
+    assert await engine.locate_agent("acme", "a1") == (engine.worker_id, "new")
+    # The revived entry is live: it takes over once it is the agent's only connection.
+    assert await engine.agent_offline("acme", "a1", "new") is False
+    assert await engine.locate_agent("acme", "a1") == (engine.worker_id, "old")
+
+
+async def test_a_revived_entry_keeps_its_place_while_its_expired_entry_is_known(
+    engine: Engine, advance: Advance
+) -> None:
+    await engine.agent_online("acme", "a1", "first", lease_seconds=30)
+    await engine.agent_online("acme", "a1", "second", lease_seconds=1)
+    await advance(1.1)
+    # Nothing purged the expired "second" yet: revived, it is still the newer connection.
+    await engine.renew_agents([("acme", "a1", "second")], lease_seconds=30)
+    assert await engine.locate_agent("acme", "a1") == (engine.worker_id, "second")
+    assert await engine.online_agents("acme") == {"a1"}
 
 
 async def test_online_agents_are_per_tenant(engine: Engine) -> None:

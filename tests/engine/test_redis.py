@@ -15,7 +15,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from structlog.testing import capture_logs
 
-from app.engine.base import Admitted, ControlEvent, EngineUnavailable, Refused
+from app.engine.base import Admitted, ConnectionInfo, ControlEvent, EngineUnavailable, Refused
 from app.errors import Code
 from tests.support.redis_server import RedisServer
 
@@ -153,7 +153,7 @@ async def test_redis_outage_fails_closed_fast_and_recovers_without_restart(
             lambda: engine.admit_user("alice", "c1", **LIMITS),
             lambda: engine.count_connections("alice"),
             lambda: engine.record_auth_failure("10.0.0.1", threshold=5, window=60, ban_seconds=60),
-            lambda: engine.renew([("alice", "c0")], lease_seconds=30),
+            lambda: engine.renew([_conn("alice", "c0")], lease_seconds=30),
             lambda: engine.publish(ControlEvent("kick", {"sub": "alice"})),
         ):
             started = time.monotonic()
@@ -246,6 +246,10 @@ async def test_every_key_has_the_prefix_and_a_ttl(
     assert key_slot(engine.ip_key("10.0.0.1", "ban").encode()) == key_slot(
         engine.ip_key("10.0.0.1", "fails").encode()
     )
+
+
+def _conn(sub: str, conn_id: str) -> ConnectionInfo:
+    return ConnectionInfo(conn_id, sub, "/ws/dashboard", "192.0.2.1", "w1", 1.0)
 
 
 def _names(logs: list[MutableMapping[str, Any]]) -> list[str]:

@@ -67,7 +67,7 @@ async def test_info_and_presence_are_cluster_wide_and_a_killed_worker_fades(
     # w2 is killed: it renews nothing any more; w1 keeps renewing its own.
     for _ in range(3):
         await asyncio.sleep(0.45)
-        await w1.renew([("alice", "c1")], lease_seconds=1)
+        await w1.renew([alive], lease_seconds=1)
         await w1.renew_agents([("acme", "a1", "c1")], lease_seconds=1)
     assert await w1.list_connections() == [alive]
     assert await w1.list_connections("alice") == [alive]
@@ -199,6 +199,7 @@ async def test_one_round_trip_per_hub_call(
 ) -> None:
     engine = await redis_factory()
     row = ConnectionInfo("c1", "alice", "/ws/agent", "192.0.2.1", "w1", 1.0)
+    bob = ConnectionInfo("c1", "bob", "/ws/agent", "192.0.2.1", "w1", 1.0)
     # Warm up: connections open (HELLO/SETNAME happen once per connection, not per call).
     await engine.admit_user("alice", "c0", **LIMITS)
     await engine.publish_agent("acme", "a1", "warm")
@@ -215,7 +216,7 @@ async def test_one_round_trip_per_hub_call(
     calls: list[tuple[Any, bytes]] = [
         (lambda: engine.admit_user("alice", "c1", **LIMITS, info=row), b"EVALSHA"),
         (lambda: engine.list_connections("alice"), b"EVALSHA"),
-        (lambda: engine.renew([("alice", "c1"), ("bob", "c1")], lease_seconds=30), b"EVALSHA"),
+        (lambda: engine.renew([row, bob], lease_seconds=30), b"EVALSHA"),
         (lambda: engine.release("alice", "c1"), b"EVALSHA"),
         (lambda: engine.agent_online("acme", "a1", "c1", lease_seconds=30), b"EVALSHA"),
         (lambda: engine.locate_agent("acme", "a1"), b"EVALSHA"),
@@ -239,15 +240,74 @@ async def test_pipelined_scripts_survive_a_redis_restart(
     own_server: RedisServer, redis_factory: RedisFactory
 ) -> None:
     engine = await redis_factory(url=own_server.url)
+    row = info("alice", "c1", "w1", 1.0)
     own_server.stop()
     own_server.start()  # empty: no scripts loaded, NOSCRIPT on the first EVALSHA
-    assert await engine.admit_user("alice", "c1", **LIMITS) == Admitted()
-    await engine.renew([("alice", "c1")], lease_seconds=30)
+    assert await engine.admit_user("alice", "c1", **LIMITS, info=row) == Admitted()
+    await engine.renew([row], lease_seconds=30)
     assert await engine.agent_online("acme", "a1", "c1", lease_seconds=30) is True
     own_server.stop()
     own_server.start()
+    # Restarted without persistence: the renewals write back what the connection still holds.
     await engine.renew_agents([("acme", "a1", "c1")], lease_seconds=30)
-    await engine.renew([("alice", "c1")], lease_seconds=30)
+    await engine.renew([row], lease_seconds=30)
+    assert await engine.list_connections() == [row]
+    assert await engine.locate_agent("acme", "a1") == ("w1", "c1")
+
+
+async def test_renewals_rebuild_slots_info_and_presence_after_redis_lost_its_data(
+    own_server: RedisServer, redis_factory: RedisFactory, prefix: str
+) -> None:
+    w1 = await redis_factory(worker_id="w1", url=own_server.url)
+    w2 = await redis_factory(worker_id="w2", url=own_server.url)
+    limits = {**LIMITS, "max_connections": 2}
+    a, b = info("alice", "c1", "w1", 1.0), info("alice", "c2", "w2", 2.0)
+    assert await w1.admit_user("alice", "c1", **limits, info=a) == Admitted()
+    assert await w2.admit_user("alice", "c2", **limits, info=b) == Admitted()
+    assert await w1.agent_online("acme", "a1", "c1", lease_seconds=30) is True
+    assert await w2.agent_online("acme", "a1", "c2", lease_seconds=30) is False
+    assert await w1.agent_online("acme", "a2", "c1", lease_seconds=30) is True
+
+    own_server.flushall()
+    assert await w1.list_connections() == []
+    assert await w1.count_connections("alice") == 0
+    assert await w1.online_agents("acme") == set()
+    assert await w1.locate_agent("acme", "a1") is None
+    # Before the renewals come, a new connection takes one of the two slots.
+    c = info("alice", "c3", "w1", 3.0)
+    assert await w1.admit_user("alice", "c3", **limits, info=c) == Admitted()
+
+    with capture_logs() as logs:
+        await w1.renew([a], lease_seconds=30)
+        await w1.renew_agents([("acme", "a1", "c1"), ("acme", "a2", "c1")], lease_seconds=30)
+        await w2.renew([b], lease_seconds=30)
+        await w2.renew_agents([("acme", "a1", "c2")], lease_seconds=30)
+    assert [e["event"] for e in logs].count("engine.leases_revived") == 2
+    assert [e["event"] for e in logs].count("engine.presence_revived") == 2
+
+    # Every open connection is counted again, past max_connections; each is listed with its info.
+    for worker in (w1, w2):
+        assert await worker.count_connections("alice") == 3
+        assert await worker.list_connections() == [a, b, c]
+        assert await worker.online_agents("acme") == {"a1", "a2"}
+        # The first entry revived keeps "most recent": one of unknown age never takes it over.
+        assert await worker.locate_agent("acme", "a1") == ("w1", "c1")
+        assert await worker.locate_agent("acme", "a2") == ("w1", "c1")
+    assert await w1.agent_offline("acme", "a1", "c1") is False
+    assert await w1.locate_agent("acme", "a1") == ("w2", "c2")
+
+    # The rebuilt keys are as the scripts always write them: tagged and with a TTL.
+    raw = aioredis.Redis.from_url(own_server.url)
+    try:
+        keys = [k.decode() async for k in raw.scan_iter(match=f"{prefix}:*")]
+        assert set(keys) >= {
+            w1.user_key("alice", "slots"), w1.user_key("alice", "info"),
+            w1.agents_key("acme"), w1.agent_key("acme", "a1"), w1.agent_key("acme", "a2"),
+        }
+        for key in keys:
+            assert (await raw.pttl(key)) > 0, f"{key} has no TTL"
+    finally:
+        await raw.aclose()
 
 
 def _names(logs: list[Any]) -> list[str]:
