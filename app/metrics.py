@@ -1,8 +1,44 @@
-"""Prometheus metrics. Labels are bounded (endpoints, codes, message types); never a user id."""
+"""Prometheus metrics. Labels are bounded (endpoints, codes, message types); never a user id.
+
+Every label value comes from a closed set: ``endpoint`` is ``agent``/``dashboard``, ``outcome``,
+``reason`` and ``code`` are contract codes (``app.errors.Code``) or ``accepted``/``ok``/``refused``,
+``type`` is a message type of ``app.messages`` (or ``invalid``), ``direction`` is ``in``/``routed``,
+``op`` is a fixed operation name, ``version`` the package version.
+
+Several workers (``hubctl serve --workers N``): prometheus-client's multiprocess mode. The
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker starts (``app.serve``); each worker
+then keeps its values in mmap files there, and :func:`render` adds up the files of every worker, so
+``/metrics`` shows the same totals whichever worker answers. Counters of a worker that died stay
+in the totals (counters never go down); its live gauge (``hub_active_connections``) is removed:
+
+- on a clean exit, by an ``atexit`` hook of the worker itself;
+- after a crash (SIGKILL, OOM), by the next worker to start or the next scrape, which removes the
+  live-gauge files of process ids that no longer exist (uvicorn's supervisor has no child-exit hook).
+
+Without ``PROMETHEUS_MULTIPROC_DIR`` (one process, plain ``uvicorn``) the default registry is used.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+import atexit
+import os
+import re
+from importlib import metadata
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 HANDSHAKES = Counter(
     "hub_handshakes_total", "WebSocket handshakes by endpoint and outcome code", ["endpoint", "outcome"]
@@ -14,6 +50,7 @@ HANDSHAKE_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+# livesum: the open connections of the workers alive now, added up.
 ACTIVE = Gauge(
     "hub_active_connections", "Open WebSocket connections", ["endpoint"], multiprocess_mode="livesum"
 )
@@ -22,8 +59,76 @@ MESSAGES = Counter("hub_messages_total", "Messages by type and direction", ["typ
 CLOSES = Counter("hub_closes_total", "Server-initiated closes by code", ["code"])
 ENGINE_ERRORS = Counter("hub_engine_errors_total", "State engine failures by operation", ["op"])
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
+# An info-style gauge (prometheus' Info type does not work in multiprocess mode); max: 1, not N.
+BUILD_INFO = Gauge("hub_build_info", "The hub's version (always 1)", ["version"], multiprocess_mode="max")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("agent-hub")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(_version()).set(1)
+
+# prometheus-client picks its value storage once, when it is first imported: trust that decision,
+# not the environment now (which may have changed since).
+MULTIPROCESS = bool(getattr(values.ValueClass, "_multiprocess", False))
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True
+
+
+def reap_dead_workers(directory: str | None = None) -> list[int]:
+    """Remove the live-gauge files of workers that no longer exist; returns their pids.
+
+    A pid reused by an unrelated process keeps its dead worker's gauge until that process ends too:
+    unlikely, and bounded by the number of workers.
+    """
+    path = directory or os.environ.get(MULTIPROC_DIR_ENV)
+    if not path:
+        return []
+    dead: set[int] = set()
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    for name in names:
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _process_exists(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in sorted(dead):
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+def _mark_self_dead() -> None:
+    path = os.environ.get(MULTIPROC_DIR_ENV)
+    if path and Path(path).is_dir():
+        mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+
+
+if MULTIPROCESS:
+    reap_dead_workers()
+    atexit.register(_mark_self_dead)
 
 
 def render() -> tuple[bytes, str]:
-    """The Prometheus text exposition of this process's metrics."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The Prometheus text exposition: every worker's metrics added up in multiprocess mode, this
+    process's own otherwise."""
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    reap_dead_workers()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -47,6 +52,42 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def metrics_directory(workers: int) -> Iterator[Path | None]:
+    """Where the workers keep their metrics, so that ``/metrics`` adds up all of them.
+
+    - ``PROMETHEUS_MULTIPROC_DIR`` set by the operator: used (created if missing) and emptied of
+      its ``*.db`` files first, as prometheus-client requires; one directory per ``hubctl serve``.
+    - otherwise, with more than one worker: a fresh private (0700) directory under the system
+      temp dir, removed when the server stops.
+    - otherwise (one worker): none; the process serves its own default registry.
+
+    Must run before any worker imports ``prometheus_client`` (workers are spawned, so they see the
+    variable); the supervisor itself never imports the app.
+    """
+    configured = os.environ.get(MULTIPROC_DIR_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield path
+        return
+    if workers <= 1:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"hub-metrics-{os.getpid()}-"))
+    os.environ[MULTIPROC_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop(MULTIPROC_DIR_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -54,4 +95,5 @@ def serve(settings: Settings) -> None:
     os.environ["HUB_WORKERS"] = str(settings.workers)
     os.environ["HUB_HOST"] = settings.host
     os.environ["HUB_PORT"] = str(settings.port)
-    uvicorn.run("app.main:app", **uvicorn_options(settings))
+    with metrics_directory(settings.workers):
+        uvicorn.run("app.main:app", **uvicorn_options(settings))
