@@ -68,6 +68,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mint(sub: str, roles: list[str], ttl: float, tenant: str | None) -> str:
+    """A token from the configured HMAC key, for ``hubctl agent`` / ``hubctl watch``."""
+    from app.tokens import mint
+
+    settings = _settings()
+    if settings.jwt_secret is None:
+        raise SystemExit("hubctl: HUB_JWT_SECRET is not set")
+    algorithm = next((a for a in settings.jwt_algorithms if a in HMAC_ALGORITHMS), "HS256")
+    return mint(settings.jwt_secret.get_secret_value().encode(), algorithm, sub, roles, ttl, tenant=tenant,
+                issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from app.store.migrate import upgrade
 
@@ -97,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--private-key-file", help="PEM private key for RS*/ES* tokens")
     token.set_defaults(func=cmd_token)
 
+    from hubclient.cli import add_parsers as add_client_verbs
+
+    add_client_verbs(verbs, _mint)
     migrate = verbs.add_parser("migrate", help="apply database migrations to HUB_DATABASE_URL")
     migrate.set_defaults(func=cmd_migrate)
 

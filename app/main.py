@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.admin import router as admin_router
 from app.config import Settings, SettingsError, load_settings
+from app.console import router as console_router
 from app.endpoints import refuse, unavailable
 from app.endpoints import router as ws_router
 from app.engine import EngineUnavailable
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(EngineUnavailable, unavailable)
     app.include_router(ws_router)
     app.include_router(admin_router)
+    app.include_router(console_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
