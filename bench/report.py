@@ -1,0 +1,232 @@
+"""The report: rows of figures per target, ratios to the baseline, goals, table and files.
+
+``results.json`` holds every row (a ``null`` value means a figure that should have been measured
+and was not), the goals with their verdicts, the raw details of every section and the run's
+metadata; ``results.md`` is the same for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("baseline", "embedded", "redis")
+HUBS = ("embedded", "redis")
+TARGET_TITLES = {"baseline": "baseline (bare)", "embedded": "hub embedded, 1 worker",
+                 "redis": "hub Redis, 2 workers / 2 procs"}
+Results = dict[str, dict[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    label: str
+    unit: str
+    section: str
+    field: str
+    targets: tuple[str, ...] = TARGETS
+    optional: bool = False  # shown only when some target measured it
+
+
+ROWS = (
+    Row("handshakes_per_s", "Handshakes/s, closed loop", "1/s", "handshake_closed", "per_s"),
+    Row("handshake_p50_ms", "Handshake p50, paced 200/s", "ms", "handshake_paced", "p50_ms"),
+    Row("handshake_p99_ms", "Handshake p99, paced 200/s", "ms", "handshake_paced", "p99_ms"),
+    Row("rss_per_conn_kib", "RSS per idle connection", "KiB", "memory", "per_conn_kib"),
+    Row("relay_per_s", "Round trips/s (hub relay; baseline echo)", "1/s", "relay_throughput", "per_s"),
+    Row("relay_p50_ms", "Round trip p50, 1 in flight", "ms", "relay_latency", "p50_ms"),
+    Row("relay_p99_ms", "Round trip p99, 1 in flight", "ms", "relay_latency", "p99_ms"),
+    Row("fanout_all_ms", "Fan-out: all dashboards received (p50 over events)", "ms", "fanout",
+        "all_received_p50_ms", HUBS),
+    Row("fanout_p50_ms", "Fan-out: per-dashboard latency p50", "ms", "fanout", "p50_ms", HUBS),
+    Row("fanout_p99_ms", "Fan-out: per-dashboard latency p99", "ms", "fanout", "p99_ms", HUBS),
+    Row("redis_cmds_per_handshake", "Redis commands sent per handshake (dashboard)", "", "redis_ops",
+        "per_handshake", ("redis",)),
+    Row("redis_cmds_per_agent_handshake", "Redis commands sent per handshake (agent)", "", "redis_ops_agent",
+        "per_handshake", ("redis",)),
+    Row("max_idle_conns", "Max idle connections, one embedded worker", "", "max_conns", "alive",
+        ("embedded",), optional=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    text: str
+    row: str
+    targets: tuple[str, ...]
+    check: Callable[[float], bool]
+    threshold: float
+    ratio: bool  # compare the ratio to the baseline, not the value
+
+
+GOALS = (
+    Goal("handshake throughput >= 0.7x baseline", "handshakes_per_s", ("embedded", "redis"),
+         lambda r: r >= 0.7, 0.7, True),
+    Goal("p99 handshake latency < 5 ms at paced 200/s", "handshake_p99_ms", ("embedded", "redis"),
+         lambda v: v < 5.0, 5.0, False),
+    Goal("memory per connection <= 1.3x baseline", "rss_per_conn_kib", ("embedded", "redis"),
+         lambda r: r <= 1.3, 1.3, True),
+    Goal(">= 20,000 idle connections on one worker", "max_idle_conns", ("embedded",),
+         lambda v: v >= 20_000, 20_000, False),
+    Goal("Redis round trips (commands sent) per handshake <= 2", "redis_cmds_per_handshake", ("redis",),
+         lambda v: v <= 2.0, 2.0, False),
+)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def build_rows(results: Results) -> list[dict[str, Any]]:
+    rows = []
+    for row in ROWS:
+        measured = any(row.section in results.get(t, {}) for t in row.targets)
+        if row.optional and not measured:
+            continue
+        values = {t: _finite(results.get(t, {}).get(row.section, {}).get(row.field)) for t in row.targets}
+        base = values.get("baseline")
+        ratios = {t: v / base for t, v in values.items()
+                  if t != "baseline" and v is not None and base not in (None, 0.0)}
+        rows.append({"key": row.key, "label": row.label, "unit": row.unit, "values": values,
+                     "ratios": ratios, "not_applicable": [t for t in TARGETS if t not in row.targets]})
+    return rows
+
+
+def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PASS/MISS per goal and target; a goal whose row was not measured is left out."""
+    by_key = {row["key"]: row for row in rows}
+    verdicts = []
+    for goal in GOALS:
+        row = by_key.get(goal.row)
+        if row is None:
+            continue
+        for target in goal.targets:
+            got = row["ratios"].get(target) if goal.ratio else row["values"].get(target)
+            if got is None:
+                verdicts.append({"goal": goal.text, "target": target, "verdict": "NOT MEASURED"})
+                continue
+            ok = goal.check(got)
+            off = abs(got - goal.threshold) / goal.threshold * 100
+            shown = f"{got:.2f}x" if goal.ratio else f"{got:,.2f}"
+            verdicts.append({"goal": goal.text, "target": target, "value": got,
+                             "verdict": "PASS" if ok else "MISS",
+                             "detail": f"{shown} ({'within' if ok else 'misses'} by {off:.0f}%)"})
+    return verdicts
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = ["row", "unit", "baseline", "embedded", "ratio", "redis", "ratio"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], row["unit"]]
+        for target in TARGETS:
+            if target in row["not_applicable"]:
+                cells.append("n/a")
+            else:
+                cells.append(_cell(row["values"][target]))
+            if target != "baseline":
+                ratio = row["ratios"].get(target)
+                cells.append(f"{ratio:.2f}x" if ratio is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: Results) -> list[str]:
+    """Where the time goes: client CPU saturation, server CPU per handshake, errors."""
+    found = []
+    for target, sections in results.items():
+        for name, section in sections.items():
+            if "error" in section and isinstance(section["error"], str):
+                found.append(f"{target}/{name} FAILED: {section['error'].splitlines()[-1]}")
+                continue
+            cpus = section.get("client_cpu_pct") or []
+            if any(c >= 90 for c in cpus):
+                found.append(f"{target}/{name}: client process saturated (CPU {cpus}%): the "
+                             "figure is a lower bound of the server's capacity")
+            if section.get("errors"):
+                found.append(f"{target}/{name}: client errors {section['errors']}")
+        closed = sections.get("handshake_closed", {})
+        if _finite(closed.get("server_cpu_ms_per_handshake")) is not None:
+            found.append(f"{target}: server CPU {closed['server_cpu_ms_per_handshake']:.2f} ms per "
+                         f"handshake (closed loop, client CPU {closed.get('client_cpu_pct')}%)")
+        if "redis_ops" in sections and "by_command" in sections["redis_ops"]:
+            ops = sections["redis_ops"]
+            found.append(f"{target}: Redis commands sent per dashboard handshake (connect + close) by "
+                         f"command: {ops['by_command']}; commands run inside scripts: "
+                         f"{ops['script_commands_per_handshake']:.1f}")
+        if "redis_ops_agent" in sections and "by_command" in sections["redis_ops_agent"]:
+            ops = sections["redis_ops_agent"]
+            found.append(f"{target}: Redis commands sent per agent handshake (connect + close) by "
+                         f"command: {ops['by_command']}; commands run inside scripts: "
+                         f"{ops['script_commands_per_handshake']:.1f}")
+    return found
+
+
+def metadata(command: str, mode: str, profile: dict[str, Any]) -> dict[str, Any]:
+    import uvicorn
+    import websockets
+
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "nproc": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "uvicorn": uvicorn.__version__,
+        "websockets": getattr(websockets, "__version__", "?"),
+        "command": command,
+        "mode": mode,
+        "profile": profile,
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN/Infinity: a figure that is not finite becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write(out: Path, meta: dict[str, Any], results: Results) -> str:
+    """Write results.json and results.md into ``out``; return the text to print."""
+    rows = build_rows(results)
+    verdicts = judge(rows)
+    found = notes(results)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"meta": meta, "rows": rows, "goals": verdicts, "notes": found, "details": results}
+    (out / "results.json").write_text(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
+    goal_lines = [f"- **{v['verdict']}** {v['goal']} — {v['target']}: {v.get('detail', '')}"
+                  for v in verdicts]
+    text = "\n".join([
+        f"# Hub benchmark ({meta['mode']})", "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}, nproc {meta['nproc']}, Python {meta['python']}, "
+        f"uvicorn {meta['uvicorn']}, websockets {meta['websockets']}",
+        f"- command: `{meta['command']}`",
+        f"- targets: {', '.join(f'{k} = {v}' for k, v in TARGET_TITLES.items())}",
+        "- ratio: the target's value over the baseline's (higher is better for rates, lower for "
+        "latency and memory)", "",
+        table(rows), "", "## Goals", "", *goal_lines, "", "## Notes", "",
+        *[f"- {n}" for n in found], "",
+    ])
+    (out / "results.md").write_text(text)
+    return text

@@ -1,0 +1,44 @@
+"""The benchmark runs end to end in smoke mode and measures every row. It never asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_TIMEOUT_SECONDS = 240
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_SECONDS + 30)
+def test_smoke_run_measures_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_SECONDS,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (out / "results.md").read_text().startswith("# Hub benchmark (smoke)")
+    document = json.loads((out / "results.json").read_text())
+
+    meta = document["meta"]
+    for key in ("date", "machine", "nproc", "python", "command"):
+        assert meta[key], key
+    assert "--smoke" in meta["command"]
+
+    rows = {row["key"]: row for row in document["rows"]}
+    assert {"handshakes_per_s", "handshake_p50_ms", "handshake_p99_ms", "rss_per_conn_kib",
+            "relay_per_s", "relay_p50_ms", "relay_p99_ms", "fanout_all_ms", "fanout_p50_ms",
+            "fanout_p99_ms", "redis_cmds_per_handshake"} <= rows.keys()
+    for key, row in rows.items():
+        assert row["values"], key
+        for target, value in row["values"].items():
+            assert isinstance(value, int | float) and math.isfinite(value), (key, target, value)
+            assert target not in row["not_applicable"]
+    assert not [n for n in document["notes"] if "FAILED" in n], document["notes"]
+    assert {goal["verdict"] for goal in document["goals"]} <= {"PASS", "MISS"}
