@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -31,17 +32,28 @@ class Socket(Protocol):
 
 
 class Connection:
-    """One accepted socket. :meth:`send` and :meth:`close` never block and never raise."""
+    """One accepted socket. :meth:`send` and :meth:`close` never block and never raise.
+
+    Outgoing messages wait in a bounded deque drained by a writer task that exists only while
+    there is something to send, so an idle connection costs one timer and no task.
+    """
+
+    __slots__ = (
+        "_armed_at", "_closing", "_limit", "_pending", "_timer", "_writer", "attributes",
+        "close_code", "session", "socket",
+    )
 
     def __init__(self, socket: Socket, session: Session, queue_size: int) -> None:
         self.socket = socket
         self.session = session
         self.close_code: Code | None = None
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(queue_size)
+        self.attributes: dict[str, Any] = {}
+        self._pending: deque[str] = deque()
+        self._limit = queue_size
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._closed = asyncio.Event()
-        self.attributes: dict[str, Any] = {}
+        self._armed_at: float | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def conn_id(self) -> str:
@@ -52,7 +64,6 @@ class Connection:
         return self.session.principal.sub
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.conn_id[:8]}")
         self.apply(self.session.welcome(_now()))
 
     def apply(self, actions: list[Action]) -> None:
@@ -66,10 +77,12 @@ class Connection:
     def send(self, text: str) -> None:
         if self.close_code is not None:
             return
-        try:
-            self._queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if len(self._pending) >= self._limit:
             self.close(Code.SLOW_CONSUMER)
+            return
+        self._pending.append(text)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def close(self, code: Code) -> None:
         """Close with ``code`` (its close code and the code string as reason). First close wins."""
@@ -80,57 +93,60 @@ class Connection:
         if self._timer is not None:
             self._timer.cancel()
         # What is already queued (the errors that led here, say) goes out first, unless the
-        # client is the problem: a full queue is cut at once, and a flush gets FLUSH_TIMEOUT.
-        if self._writer is not None:
-            try:
-                self._queue.put_nowait(None)
-            except asyncio.QueueFull:
-                self._writer.cancel()
-        asyncio.get_running_loop().create_task(self._send_close(code))
+        # client is the problem: a slow consumer is cut at once, and a flush gets FLUSH_TIMEOUT.
+        if code is Code.SLOW_CONSUMER and self._writer is not None:
+            self._writer.cancel()
+            self._pending.clear()
+        self._closing = asyncio.get_running_loop().create_task(self._send_close(code))
 
     def reschedule(self) -> None:
-        """(Re)arm the one timer of this connection at the session's next deadline."""
+        """Arm the one timer of this connection at the session's next deadline (a no-op when the
+        deadline has not moved, which is the case for almost every message)."""
         if self.close_code is not None:
+            return
+        deadline = self.session.deadline()
+        if deadline == self._armed_at:
             return
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        delay = max(0.0, self.session.deadline() - _now())
-        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+        self._armed_at = deadline
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - _now()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._armed_at = None
         self.apply(self.session.on_timer(_now()))
 
-    async def _write_loop(self) -> None:
-        while True:
-            text = await self._queue.get()
-            if text is None:
-                return
-            try:
-                await self.socket.send_text(text)
-            except Exception:
-                return
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                await self.socket.send_text(self._pending.popleft())
+        except Exception:
+            self._pending.clear()
+        finally:
+            self._writer = None
 
     async def _send_close(self, code: Code) -> None:
-        if self._writer is not None:
+        writer = self._writer
+        if writer is not None:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._writer, FLUSH_TIMEOUT)
+                await asyncio.wait_for(writer, FLUSH_TIMEOUT)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.socket.close(spec(code).close, code.value), CLOSE_TIMEOUT)
-        self._closed.set()
 
     async def finish(self) -> None:
         """Stop the timer and the writer once the socket is gone."""
         if self._timer is not None:
             self._timer.cancel()
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-            with contextlib.suppress(BaseException):
-                await self._writer
-        if self.close_code is not None:
+        if self._closing is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(self._closing), CLOSE_TIMEOUT + FLUSH_TIMEOUT)
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
 
 
 def _now() -> float:
