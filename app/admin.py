@@ -11,12 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.errors import Code, spec
 from app.handshake import HandshakeRequest
 from app.runtime import Runtime
-from app.store.records import BanRecord, EventCursor, RevocationRecord, StoredEvent
+from app.store.records import EventCursor
 from app.tokens import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="An access token with role `admin`.")
@@ -68,6 +68,8 @@ def _error(code: Code, status: int | None = None, message: str | None = None) ->
 
 
 class ConnectionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     conn_id: str
     sub: str
     endpoint: str
@@ -96,17 +98,14 @@ class BanIn(BaseModel):
 
 
 class BanOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     cidr: str
     reason: str
     created_by: str
     created_at: datetime
     expires_at: datetime | None
-
-    @classmethod
-    def of(cls, ban: BanRecord) -> BanOut:
-        return cls(id=ban.id, cidr=ban.cidr, reason=ban.reason, created_by=ban.created_by,
-                   created_at=ban.created_at, expires_at=ban.expires_at)
 
 
 class RevocationIn(BaseModel):
@@ -129,6 +128,8 @@ class RevocationIn(BaseModel):
 
 
 class RevocationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     jti: str | None
     sub: str | None
@@ -138,13 +139,10 @@ class RevocationOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
 
-    @classmethod
-    def of(cls, r: RevocationRecord) -> RevocationOut:
-        return cls(id=r.id, jti=r.jti, sub=r.sub, issued_before=r.issued_before, reason=r.reason,
-                   created_by=r.created_by, created_at=r.created_at, expires_at=r.expires_at)
-
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     at: datetime
     event: str
@@ -159,13 +157,6 @@ class EventOut(BaseModel):
     origin: str | None
     detail: str | None
     worker: str | None
-
-    @classmethod
-    def of(cls, e: StoredEvent) -> EventOut:
-        return cls(id=e.id, at=e.at, event=e.event, code=e.code, endpoint=e.endpoint,
-                   client_ip=e.client_ip, claimed_sub=e.claimed_sub, verified_sub=e.verified_sub,
-                   jti=e.jti, fingerprint=e.fingerprint, user_agent=e.user_agent, origin=e.origin,
-                   detail=e.detail, worker=e.worker)
 
 
 class EventsPage(BaseModel):
@@ -203,7 +194,7 @@ async def list_connections(
 ) -> list[ConnectionOut]:
     """Live connections on every worker, optionally of one ``sub``."""
     rows = await runtime.engine.list_connections(sub)
-    return [ConnectionOut.model_validate(row, from_attributes=True) for row in rows]
+    return [ConnectionOut.model_validate(row) for row in rows]
 
 
 @router.post("/users/{sub}/disconnect", response_model=DisconnectOut, status_code=202)
@@ -216,7 +207,7 @@ async def disconnect(sub: Annotated[str, Field(max_length=256)], admin: Admin,
 
 @router.get("/bans", response_model=list[BanOut])
 async def list_bans(admin: Admin, runtime: RuntimeDep) -> list[BanOut]:
-    return [BanOut.of(b) for b in await runtime.control.list_bans()]
+    return [BanOut.model_validate(b) for b in await runtime.control.list_bans()]
 
 
 @router.post("/bans", response_model=BanOut, status_code=201, responses={422: {"model": ErrorBody}})
@@ -227,7 +218,7 @@ async def create_ban(body: BanIn, admin: Admin, runtime: RuntimeDep) -> BanOut |
         ban = await runtime.control.create_ban(body.cidr, body.reason, body.expires_at, admin.sub)
     except ValueError as exc:  # what the store refuses (control characters...)
         return _error(Code.INVALID_MESSAGE, 422, str(exc)[:200])
-    return BanOut.of(ban)
+    return BanOut.model_validate(ban)
 
 
 @router.delete("/bans/{ban_id}", status_code=204, response_class=Response,
@@ -242,7 +233,7 @@ async def delete_ban(ban_id: Annotated[str, Field(max_length=64)], admin: Admin,
 
 @router.get("/revocations", response_model=list[RevocationOut])
 async def list_revocations(admin: Admin, runtime: RuntimeDep) -> list[RevocationOut]:
-    return [RevocationOut.of(r) for r in await runtime.control.list_revocations()]
+    return [RevocationOut.model_validate(r) for r in await runtime.control.list_revocations()]
 
 
 @router.post("/revocations", response_model=RevocationOut, status_code=201,
@@ -259,7 +250,7 @@ async def create_revocation(
         )
     except ValueError as exc:
         return _error(Code.INVALID_MESSAGE, 422, str(exc)[:200])
-    return RevocationOut.of(record)
+    return RevocationOut.model_validate(record)
 
 
 @router.get("/security-events", response_model=EventsPage)
@@ -281,4 +272,4 @@ async def security_events(
         code=code, sub=sub, since=since, before=cursor, limit=limit
     )
     next_cursor = _encode_cursor(events[-1].cursor) if len(events) == limit else None
-    return EventsPage(events=[EventOut.of(e) for e in events], next=next_cursor)
+    return EventsPage(events=[EventOut.model_validate(e) for e in events], next=next_cursor)

@@ -8,16 +8,14 @@ prefix, hence its own keys and control channel: no test sees another's state.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from app.engine.base import ControlEvent, Engine
 from app.engine.memory import MemoryEngine
 from app.engine.redis import RedisEngine
-from tests.support.redis_server import RedisServer
 
 Advance = Callable[[float], Awaitable[None]]
 RedisFactory = Callable[..., Awaitable[RedisEngine]]
@@ -35,20 +33,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
 
 
 @pytest.fixture
