@@ -41,6 +41,8 @@ from app.roles import Endpoint, may_command
 from app.security_log import SecurityEvent
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.connections import Connection
     from app.engine import Engine
     from app.security_log import SecurityLog
@@ -91,14 +93,14 @@ class Hub:
     def __init__(
         self,
         engine: Engine,
-        lookup: Any,
+        lookup: Callable[[str], Connection | None],
         security_log: SecurityLog,
         *,
         lease_seconds: int,
         command_ttl_seconds: int,
     ) -> None:
         self._engine = engine
-        self._lookup = lookup  # conn_id -> Connection | None (this worker's registry)
+        self._lookup = lookup  # this worker's registry, by conn_id
         self._security_log = security_log
         self._lease = lease_seconds
         self._command_ttl = command_ttl_seconds

@@ -26,6 +26,9 @@ SETTLE_SECONDS = 1.5
 MAX_CONSECUTIVE_FAILURES = 200
 
 
+RETRIES = 3
+
+
 @dataclass(frozen=True, slots=True)
 class HoldJob:
     """Open ``count`` connections, ``concurrency`` handshakes at a time, spread over the source
@@ -53,14 +56,21 @@ async def _hold(job: HoldJob, pipe: Connection) -> None:
             if streak >= MAX_CONSECUTIVE_FAILURES or time.monotonic() - started > job.deadline:
                 return
             source = job.sources[n % len(job.sources)] if job.sources else None
-            try:
-                ws = await open_ws(job.url, job.identity.token(n), local_addr=source)
-                await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT_SECONDS)
-                held.append(ws)
-                streak = 0
-            except Exception as exc:
-                errors[error_name(exc)] += 1
-                streak += 1
+            # A connect storm overflows the listen backlog now and then (EAGAIN, a reset): such
+            # an attempt is counted as an error and tried again, a few times, after a pause.
+            for attempt in range(RETRIES + 1):
+                try:
+                    ws = await open_ws(job.url, job.identity.token(n), local_addr=source)
+                    await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT_SECONDS)
+                    held.append(ws)
+                    streak = 0
+                    break
+                except Exception as exc:
+                    errors[error_name(exc)] += 1
+                    if attempt == RETRIES:
+                        streak += 1
+                    else:
+                        await asyncio.sleep(0.2 * (attempt + 1))
 
     await asyncio.gather(*(worker() for _ in range(job.concurrency)))
     opening = time.monotonic() - started

@@ -56,41 +56,8 @@ def readyz(base: str, **kw: Any) -> tuple[int, dict[str, Any]]:
 # -- TLS ---------------------------------------------------------------------------------------
 
 
-class TlsHub(HubProcess):
-    """``hubctl serve`` with HUB_SSL_CERTFILE/KEYFILE: wss:// and https:// on its port."""
-
-    def __init__(self, env: dict[str, str], workdir: Path, trust: ssl.SSLContext) -> None:
-        super().__init__(env, workdir, name="tls")
-        self.trust = trust
-
-    @property
-    def url(self) -> str:
-        return f"wss://127.0.0.1:{self.port}"
-
-    @property
-    def http(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> TlsHub:
-        self.migrate()
-        with self.log_path.open("ab") as log:
-            self.process = self._spawn(log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.http}/healthz", timeout=0.5, verify=self.trust).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"TLS hub did not start in {timeout}s:\n{self.log_text()}")
-
-
 @pytest.fixture
-def tls_hub(tmp_path: Path) -> Iterator[TlsHub]:
+def tls_hub(tmp_path: Path) -> Iterator[HubProcess]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     certfile, keyfile = tmp_path / "hub.crt", tmp_path / "hub.key"
@@ -100,21 +67,21 @@ def tls_hub(tmp_path: Path) -> Iterator[TlsHub]:
     trust = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(trust)
     env = {**BASE_ENV, "HUB_SSL_CERTFILE": str(certfile), "HUB_SSL_KEYFILE": str(keyfile)}
-    hub = TlsHub(env, tmp_path, trust)
+    hub = HubProcess(env, tmp_path, name="tls", trust=trust)
     try:
         yield hub.start()
     finally:
         hub.kill()
 
 
-async def test_tls_serves_wss_to_a_client_that_trusts_the_ca(tls_hub: TlsHub) -> None:
+async def test_tls_serves_wss_to_a_client_that_trusts_the_ca(tls_hub: HubProcess) -> None:
     outcome = await attempt(f"{tls_hub.url}/ws/agent", token=make_token("tls-agent"), ssl=tls_hub.trust)
     assert outcome.accepted, outcome
     assert outcome.messages[0]["sub"] == "tls-agent"
     assert httpx.get(f"{tls_hub.http}/healthz", verify=tls_hub.trust, timeout=5).status_code == 200
 
 
-async def test_tls_client_without_the_ca_is_refused(tls_hub: TlsHub) -> None:
+async def test_tls_client_without_the_ca_is_refused(tls_hub: HubProcess) -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
         await attempt(f"{tls_hub.url}/ws/agent", token=make_token("tls-untrusting"),
                       ssl=ssl.create_default_context())
@@ -122,7 +89,7 @@ async def test_tls_client_without_the_ca_is_refused(tls_hub: TlsHub) -> None:
         httpx.get(f"{tls_hub.http}/healthz", timeout=5)  # the system's CAs only
 
 
-async def test_plain_ws_to_the_tls_port_fails(tls_hub: TlsHub) -> None:
+async def test_plain_ws_to_the_tls_port_fails(tls_hub: HubProcess) -> None:
     with pytest.raises((websockets.exceptions.InvalidHandshake, OSError, EOFError)):
         await attempt(f"ws://127.0.0.1:{tls_hub.port}/ws/agent", token=make_token("tls-plain"), timeout=5)
     with pytest.raises(httpx.HTTPError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,8 +30,13 @@ class HubProcess:
     ``workdir``). ``log_text()`` returns everything it logged so far (JSON lines on stderr).
     """
 
-    def __init__(self, env: dict[str, str], workdir: Path, *, workers: int = 1, name: str = "hub") -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, *, workers: int = 1, name: str = "hub",
+        trust: ssl.SSLContext | None = None,
+    ) -> None:
         self.port = free_port()
+        # With ``trust`` the hub serves TLS (HUB_SSL_* in ``env``) and is reached over wss/https.
+        self.trust = trust
         self.workdir = workdir
         self.workers = workers
         self.log_path = workdir / f"{name}-{self.port}.log"
@@ -44,11 +50,11 @@ class HubProcess:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.trust else 'ws'}://127.0.0.1:{self.port}"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.trust else 'http'}://127.0.0.1:{self.port}"
 
     def migrate(self) -> None:
         """What the container does before it serves: ``hubctl migrate``."""
@@ -66,7 +72,8 @@ class HubProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.process.returncode}:\n{self.log_text()}")
             try:
-                if httpx.get(f"{self.http}/healthz", timeout=0.5).status_code == 200:
+                if httpx.get(f"{self.http}/healthz", timeout=0.5,
+                             verify=self.trust or True).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
