@@ -11,12 +11,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
+from app.engine import ConnectionInfo
 from app.errors import Code, spec
 from app.handshake import HandshakeRequest
 from app.runtime import Runtime
-from app.store.records import EventCursor
+from app.store.records import BanRecord, EventCursor, RevocationRecord, StoredEvent
 from app.tokens import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="An access token with role `admin`.")
@@ -67,16 +68,6 @@ def _error(code: Code, status: int | None = None, message: str | None = None) ->
     )
 
 
-class ConnectionOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    conn_id: str
-    sub: str
-    endpoint: str
-    client_ip: str
-    worker: str
-    connected_at: float
-
 
 class DisconnectOut(BaseModel):
     sub: str
@@ -96,16 +87,6 @@ class BanIn(BaseModel):
         except ValueError:
             raise ValueError("not an IP address or CIDR") from None
 
-
-class BanOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    cidr: str
-    reason: str
-    created_by: str
-    created_at: datetime
-    expires_at: datetime | None
 
 
 class RevocationIn(BaseModel):
@@ -127,40 +108,10 @@ class RevocationIn(BaseModel):
         return self
 
 
-class RevocationOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    jti: str | None
-    sub: str | None
-    issued_before: datetime | None
-    reason: str
-    created_by: str
-    created_at: datetime
-    expires_at: datetime | None
-
-
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    at: datetime
-    event: str
-    code: str
-    endpoint: str
-    client_ip: str
-    claimed_sub: str | None
-    verified_sub: str | None
-    jti: str | None
-    fingerprint: str | None
-    user_agent: str | None
-    origin: str | None
-    detail: str | None
-    worker: str | None
 
 
 class EventsPage(BaseModel):
-    events: list[EventOut]
+    events: list[StoredEvent]
     next: str | None = Field(None, description="Pass as `before` to get the next (older) page.")
 
 
@@ -188,13 +139,13 @@ _REFUSALS = {
 router = APIRouter(prefix="/admin", tags=["admin"], responses=_REFUSALS)  # type: ignore[arg-type]
 
 
-@router.get("/connections", response_model=list[ConnectionOut])
+@router.get("/connections", response_model=list[ConnectionInfo])
 async def list_connections(
     admin: Admin, runtime: RuntimeDep, sub: Annotated[str | None, Query(max_length=256)] = None
-) -> list[ConnectionOut]:
+) -> list[ConnectionInfo]:
     """Live connections on every worker, optionally of one ``sub``."""
     rows = await runtime.engine.list_connections(sub)
-    return [ConnectionOut.model_validate(row) for row in rows]
+    return [row for row in rows]
 
 
 @router.post("/users/{sub}/disconnect", response_model=DisconnectOut, status_code=202)
@@ -205,20 +156,20 @@ async def disconnect(sub: Annotated[str, Field(max_length=256)], admin: Admin,
     return DisconnectOut(sub=sub)
 
 
-@router.get("/bans", response_model=list[BanOut])
-async def list_bans(admin: Admin, runtime: RuntimeDep) -> list[BanOut]:
-    return [BanOut.model_validate(b) for b in await runtime.control.list_bans()]
+@router.get("/bans", response_model=list[BanRecord])
+async def list_bans(admin: Admin, runtime: RuntimeDep) -> list[BanRecord]:
+    return await runtime.control.list_bans()
 
 
-@router.post("/bans", response_model=BanOut, status_code=201, responses={422: {"model": ErrorBody}})
-async def create_ban(body: BanIn, admin: Admin, runtime: RuntimeDep) -> BanOut | JSONResponse:
+@router.post("/bans", response_model=BanRecord, status_code=201, responses={422: {"model": ErrorBody}})
+async def create_ban(body: BanIn, admin: Admin, runtime: RuntimeDep) -> BanRecord | JSONResponse:
     """Ban an address or network: refused at the handshake, live connections closed (4403
     ``ip_banned``) on every worker within a second."""
     try:
         ban = await runtime.control.create_ban(body.cidr, body.reason, body.expires_at, admin.sub)
     except ValueError as exc:  # what the store refuses (control characters...)
         return _error(Code.INVALID_MESSAGE, 422, str(exc)[:200])
-    return BanOut.model_validate(ban)
+    return ban
 
 
 @router.delete("/bans/{ban_id}", status_code=204, response_class=Response,
@@ -231,16 +182,16 @@ async def delete_ban(ban_id: Annotated[str, Field(max_length=64)], admin: Admin,
     return Response(status_code=204)
 
 
-@router.get("/revocations", response_model=list[RevocationOut])
-async def list_revocations(admin: Admin, runtime: RuntimeDep) -> list[RevocationOut]:
-    return [RevocationOut.model_validate(r) for r in await runtime.control.list_revocations()]
+@router.get("/revocations", response_model=list[RevocationRecord])
+async def list_revocations(admin: Admin, runtime: RuntimeDep) -> list[RevocationRecord]:
+    return await runtime.control.list_revocations()
 
 
-@router.post("/revocations", response_model=RevocationOut, status_code=201,
+@router.post("/revocations", response_model=RevocationRecord, status_code=201,
              responses={422: {"model": ErrorBody}})
 async def create_revocation(
     body: RevocationIn, admin: Admin, runtime: RuntimeDep
-) -> RevocationOut | JSONResponse:
+) -> RevocationRecord | JSONResponse:
     """Revoke a token by ``jti``, or all of a ``sub``'s tokens issued before a time: refused at the
     handshake and on refresh, live connections closed (4403 ``token_revoked``) within a second."""
     try:
@@ -250,7 +201,7 @@ async def create_revocation(
         )
     except ValueError as exc:
         return _error(Code.INVALID_MESSAGE, 422, str(exc)[:200])
-    return RevocationOut.model_validate(record)
+    return record
 
 
 @router.get("/security-events", response_model=EventsPage)
@@ -272,4 +223,4 @@ async def security_events(
         code=code, sub=sub, since=since, before=cursor, limit=limit
     )
     next_cursor = _encode_cursor(events[-1].cursor) if len(events) == limit else None
-    return EventsPage(events=[EventOut.model_validate(e) for e in events], next=next_cursor)
+    return EventsPage(events=events, next=next_cursor)
