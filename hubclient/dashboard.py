@@ -1,0 +1,157 @@
+"""The dashboard client: subscribes to agents, reads their events and presence, sends commands.
+
+The subscription is re-sent after every reconnect; ``events()`` and ``presence()`` iterate across
+reconnects; a command's result is matched to it even when it overtakes ``command.accepted``, and a
+command whose session closes before its result raises :class:`~hubclient.errors.ConnectionLost`.
+"""
+
+# Public coroutines take ``timeout=`` like the websockets API they sit on (ASYNC109).
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import ClassVar, Literal, Unpack
+
+from websockets.asyncio.client import ClientConnection
+
+from hubclient import messages
+from hubclient.errors import ConnectionLost, command_error
+from hubclient.feed import Feed, FeedIterator
+from hubclient.messages import (
+    CommandAccepted,
+    Error,
+    EventDelivery,
+    JsonValue,
+    MessageId,
+    Presence,
+    ProtocolError,
+    ResultDelivery,
+    ServerMessage,
+    Subscribed,
+    Welcome,
+)
+from hubclient.options import ClientOptions, TokenProvider
+from hubclient.session import HubClient
+
+log = logging.getLogger("hubclient")
+
+
+class DashboardClient(HubClient):
+    """A dashboard: subscribes to agents, reads their presence and events, sends commands."""
+
+    endpoint: ClassVar[str] = "/ws/dashboard"
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        token_provider: TokenProvider,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        super().__init__(url, token_provider, **options)
+        self._subscription: list[str] | Literal["*"] | None = None
+        self._events: Feed[EventDelivery] = Feed()
+        self._presence: Feed[Presence] = Feed()
+        self._results: dict[str, asyncio.Future[ResultDelivery]] = {}
+        self._command_refs: dict[MessageId, str] = {}
+        self._early: OrderedDict[str, ResultDelivery] = OrderedDict()
+
+    def events(self) -> FeedIterator[EventDelivery]:
+        """Events of the subscribed agents, from now on, across reconnects."""
+        return self._events.iterate()
+
+    def presence(self) -> FeedIterator[Presence]:
+        """Presence changes of the subscribed agents (and the statuses sent after each
+        ``subscribe``, including the automatic one after a reconnect)."""
+        return self._presence.iterate()
+
+    async def subscribe(self, agents: Sequence[str] | Literal["*"], timeout: float = 10.0) -> list[str]:
+        """Watch ``agents`` (or ``"*"``: all, including those that come online later); replaces
+        the previous subscription and is re-sent after every reconnect. Returns what the hub
+        confirmed (``["*"]`` for all)."""
+        wanted: list[str] | Literal["*"] = "*" if agents == "*" else list(agents)
+        self._subscription = wanted
+        async with asyncio.timeout(timeout):
+            await self.wait_connected()
+            ws = self._require()
+            ref = self._next_id("s")
+            answer = await self._request(ws, messages.subscribe(wanted, ref), ref)
+        if isinstance(answer, Subscribed):
+            return answer.agents
+        if isinstance(answer, Error):
+            raise command_error(answer.error, answer.message)
+        raise ProtocolError(f"unexpected answer to subscribe: {answer.type}")
+
+    async def send_command(
+        self, agent_id: str, payload: JsonValue = None, timeout: float = 30.0
+    ) -> JsonValue:
+        """Send ``payload`` to ``agent_id`` and return the agent's result payload.
+
+        Raises :class:`~hubclient.errors.Forbidden` (no ``operator`` role),
+        :class:`~hubclient.errors.AgentOffline`, the other
+        :class:`~hubclient.errors.CommandError` subclasses, :class:`NotConnected`,
+        :class:`ConnectionLost` (closed before the result; its outcome is unknown) or
+        :class:`TimeoutError`.
+        """
+        ws = self._require()
+        ref = self._next_id("c")
+        async with asyncio.timeout(timeout):
+            answer = await self._request(ws, messages.command(agent_id, payload, ref), ref)
+            if isinstance(answer, Error):
+                raise command_error(answer.error, answer.message)
+            if not isinstance(answer, CommandAccepted):
+                raise ProtocolError(f"unexpected answer to command: {answer.type}")
+            command_id = answer.command_id
+            future: asyncio.Future[ResultDelivery] = asyncio.get_running_loop().create_future()
+            early = self._early.pop(command_id, None)
+            if early is not None:
+                future.set_result(early)
+            self._results[command_id] = future
+            self._command_refs[ref] = command_id
+            try:
+                result = await future
+            finally:
+                self._results.pop(command_id, None)
+                self._command_refs.pop(ref, None)
+        return result.payload
+
+    async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
+        if self._subscription is not None:
+            # Answered by `subscribed` (no waiter: ignored) then one presence per agent.
+            await ws.send(messages.subscribe(self._subscription, self._next_id("s")))
+
+    def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
+        if isinstance(message, EventDelivery):
+            self._events.publish(message)
+        elif isinstance(message, Presence):
+            self._presence.publish(message)
+        elif isinstance(message, ResultDelivery):
+            future = self._results.get(message.command_id)
+            if future is not None:
+                if not future.done():
+                    future.set_result(message)
+            else:
+                # The result overtook its command.accepted (the two travel different paths).
+                self._early[message.command_id] = message
+                while len(self._early) > 1000:
+                    self._early.popitem(last=False)
+        elif isinstance(message, Error):
+            command_id = self._command_refs.get(message.ref) if message.ref is not None else None
+            future = self._results.get(command_id) if command_id is not None else None
+            if future is not None and not future.done():
+                # e.g. agent_offline after command.accepted: the agent vanished meanwhile.
+                future.set_exception(command_error(message.error, message.message))
+            else:
+                log.warning("hubclient.error", extra={"code": message.error, "ref": message.ref})
+
+    def _on_disconnect(self, lost: ConnectionLost) -> None:
+        for future in self._results.values():
+            if not future.done():
+                future.set_exception(lost)
+
+    def _ended(self, error: BaseException | None) -> None:
+        self._events.end(error)
+        self._presence.end(error)
