@@ -22,16 +22,13 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   (e.g. the event loop stalled past a lease): the slot and its info, even past the maximum; the
   presence entry in its old place in the order when still known, else below every live connection
   of the agent (the newest only when it is alone). A live slot without info gets the given one.
-- Routed messages (:meth:`MemoryEngine.send_to_worker` for this worker, :meth:`publish_agent` for
-  a watched agent) go through a :class:`MessageInbox`: scheduled, never called inline, delivered
-  in order by one consumer task, as on Redis. A message for another worker is dropped (this
-  engine serves one worker).
+- Control events and routed messages are delegated to a
+  :class:`~app.engine.memory_pubsub.LocalMessaging` (see its module for their guarantees).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import math
 import time
@@ -42,6 +39,7 @@ from typing import TypeVar
 
 import structlog
 
+from app.engine._shared import check_info, normalize_ip, sort_connections
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
@@ -52,6 +50,7 @@ from app.engine.base import (
     Refused,
     UserVerdict,
 )
+from app.engine.memory_pubsub import LocalMessaging
 from app.errors import Code
 
 log = structlog.get_logger("app.engine")
@@ -61,25 +60,7 @@ Clock = Callable[[], float]
 SWEEP_INTERVAL_SECONDS = 30.0
 MIN_SWEEP_TRIGGER = 1024
 DEFAULT_MAX_KEYS = 1_000_000
-# Routed messages waiting for the handler; past it new ones are dropped (delivery is at most once).
-INBOX_MAX_MESSAGES = 10_000
-# Only the first and every this-many-th dropped message are logged.
-INBOX_DROP_LOG_EVERY = 1_000
-# watch(tenant, WILDCARD): every agent of the tenant.
-WILDCARD = "*"
-
 _V = TypeVar("_V")
-
-
-def normalize_ip(ip: str) -> str:
-    """One spelling per address; a string that is not an address is kept as it is."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 class _Log:
@@ -100,65 +81,6 @@ class _Log:
 
     def retry_after(self, now: float) -> int:
         return max(1, math.ceil(self.times[0] + self.window - now))
-
-
-def check_info(sub: str, conn_id: str, info: ConnectionInfo | None) -> None:
-    """Refuse an ``info`` that describes another slot (a caller bug that would mislist it)."""
-    if info is not None and (info.sub != sub or info.conn_id != conn_id):
-        raise ValueError("ConnectionInfo.sub and .conn_id must match the slot being admitted")
-
-
-def sort_connections(rows: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:
-    """One order on both engines: oldest connection first."""
-    return sorted(rows, key=lambda c: (c.connected_at, c.sub, c.conn_id))
-
-
-class MessageInbox:
-    """Routed messages on their way to the handler: one consumer task, in arrival order.
-
-    :meth:`put` never blocks and never awaits, so the producer (the Redis subscriber loop, or a
-    publishing coroutine) is never held up by the handler. A slow handler delays later messages
-    (ordering is kept) but never the producer; past ``maxsize`` waiting messages new ones are
-    dropped and logged. A failing handler call is logged and the next message is delivered.
-    """
-
-    def __init__(self, maxsize: int = INBOX_MAX_MESSAGES) -> None:
-        self.handler: MessageHandler | None = None
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize)
-        self._consumer: asyncio.Task[None] | None = None
-        self._closed = False
-        self.dropped = 0
-
-    def put(self, message: str) -> None:
-        if self.handler is None or self._closed:
-            return
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            if self.dropped % INBOX_DROP_LOG_EVERY == 1:
-                log.warning("engine.inbox_full", dropped=self.dropped, size=self._queue.maxsize)
-            return
-        if self._consumer is None or self._consumer.done():
-            self._consumer = asyncio.create_task(self._consume(), name="engine-inbox")
-
-    async def close(self) -> None:
-        self._closed = True
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
-
-    async def _consume(self) -> None:
-        while True:
-            message = await self._queue.get()
-            handler = self.handler
-            if handler is None:
-                continue
-            try:
-                await handler(message)
-            except Exception:
-                log.exception("engine.message_handler_failed")
 
 
 @dataclass(slots=True)
@@ -197,12 +119,8 @@ class MemoryEngine:
         # tenant -> agent_id -> conn_id -> presence.
         self._agents: dict[str, dict[str, dict[str, _Presence]]] = {}
         self._order = itertools.count(1)
-        self._watches: dict[tuple[str, str], int] = {}
-        self._inbox = MessageInbox()
+        self._messaging = LocalMessaging(worker_id=worker_id)
         self._sweep_trigger = MIN_SWEEP_TRIGGER
-        self._handler: ControlHandler | None = None
-        # Strong references: the loop keeps only weak ones to tasks.
-        self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -214,14 +132,12 @@ class MemoryEngine:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [t for t in (self._sweeper, *self._tasks) if t is not None]
-        self._sweeper = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self._inbox.close()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+        await self._messaging.close()
+        if sweeper is not None:
+            await asyncio.gather(sweeper, return_exceptions=True)
 
     async def ping(self) -> bool:
         return True
@@ -338,27 +254,28 @@ class MemoryEngine:
         self._bans.pop(ip, None)
         self._ip_fails.pop(ip, None)
 
-    # -- control events ----------------------------------------------------------------------
+    # -- messaging (delegated) --------------------------------------------------------------
 
     async def publish(self, event: ControlEvent) -> None:
-        handler = self._handler
-        if handler is None or self._closed:
-            return
-        # Scheduled, not awaited: a handler that publishes must not recurse into itself, and the
-        # publisher must not wait on (or fail with) the handler, as with Redis.
-        task = asyncio.create_task(self._deliver(handler, event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._messaging.publish(event)
 
     def subscribe(self, handler: ControlHandler) -> None:
-        self._handler = handler
+        self._messaging.subscribe(handler)
 
-    @staticmethod
-    async def _deliver(handler: ControlHandler, event: ControlEvent) -> None:
-        try:
-            await handler(event)
-        except Exception:
-            log.exception("engine.handler_failed", kind=event.kind)
+    def on_message(self, handler: MessageHandler) -> None:
+        self._messaging.on_message(handler)
+
+    async def send_to_worker(self, worker_id: str, message: str) -> None:
+        await self._messaging.send_to_worker(worker_id, message)
+
+    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
+        await self._messaging.publish_agent(tenant, agent_id, message)
+
+    async def watch(self, tenant: str, agent_id: str) -> None:
+        await self._messaging.watch(tenant, agent_id)
+
+    async def unwatch(self, tenant: str, agent_id: str) -> None:
+        await self._messaging.unwatch(tenant, agent_id)
 
     # -- presence ----------------------------------------------------------------------------
 
@@ -422,32 +339,6 @@ class MemoryEngine:
         now = self._clock()
         agents = self._agents.get(tenant, {})
         return {a for a in list(agents) if self._live_conns(tenant, a, now)}
-
-    # -- routing -----------------------------------------------------------------------------
-
-    def on_message(self, handler: MessageHandler) -> None:
-        self._inbox.handler = handler
-
-    async def send_to_worker(self, worker_id: str, message: str) -> None:
-        if worker_id == self.worker_id and not self._closed:
-            self._inbox.put(message)
-
-    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
-        watched = (tenant, agent_id) in self._watches or (tenant, WILDCARD) in self._watches
-        if watched and not self._closed:
-            self._inbox.put(message)
-
-    async def watch(self, tenant: str, agent_id: str) -> None:
-        key = (tenant, agent_id)
-        self._watches[key] = self._watches.get(key, 0) + 1
-
-    async def unwatch(self, tenant: str, agent_id: str) -> None:
-        key = (tenant, agent_id)
-        count = self._watches.get(key, 0)
-        if count <= 1:
-            self._watches.pop(key, None)
-        else:
-            self._watches[key] = count - 1
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -21,27 +21,17 @@ Guarantees beyond :class:`app.engine.base.Engine`:
 - Unreachable or failing Redis raises :class:`EngineUnavailable` within about a second (short
   socket timeouts, one immediate reconnect attempt, no backoff), so a handshake fails closed fast.
   redis-py reconnects on the next call: the engine recovers without a restart.
-- Control events go through PUBLISH on ``{prefix}:control``; routed messages on
-  ``{prefix}:w:<worker_id>`` (:meth:`RedisEngine.send_to_worker`), ``{prefix}:ag:<tenant>:<agent>``
-  and ``{prefix}:ag:<tenant>:*`` (:meth:`RedisEngine.publish_agent` publishes on both in one
-  round trip). One subscriber connection carries them all; its task reconnects with capped backoff
-  and resubscribes every channel (control, own worker, every watched agent) each time. Delivery is
-  at most once (messages published during an outage are lost).
-- A worker watching an agent *and* ``*`` of its tenant gets each message on both channels; it
-  delivers the tenant-wide copy only, so each message reaches its handler once.
-- Routed messages go to the handler through a :class:`MessageInbox` (one consumer task, arrival
-  order kept, bounded; the subscriber loop never waits for the handler). Control events keep a
-  task each.
+- Control events and routed messages are delegated to a
+  :class:`~app.engine.redis_pubsub.RedisMessaging` (see its module for channels and guarantees).
 - Round trips: one per call (a script, a PUBLISH or a pipeline), except
   :meth:`RedisEngine.list_connections` of everyone (SCAN pages, then one pipeline per
-  ``LIST_BATCH`` users) and :meth:`RedisEngine.watch` / :meth:`RedisEngine.unwatch`, which send
-  SUBSCRIBE / UNSUBSCRIBE on the subscriber connection when the count leaves / reaches zero.
+  ``LIST_BATCH`` users) and :meth:`RedisEngine.watch` / :meth:`RedisEngine.unwatch` (see
+  :mod:`app.engine.redis_pubsub`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import json
@@ -49,51 +39,31 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from importlib import resources
-from typing import Any, get_args
+from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
+from app.engine._redis_client import UNAVAILABLE, connect, tag, text
+from app.engine._shared import check_info, normalize_ip, sort_connections
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
     ControlEvent,
     ControlHandler,
-    ControlKind,
     EngineUnavailable,
     IpVerdict,
     MessageHandler,
     Refused,
     UserVerdict,
 )
-from app.engine.memory import (
-    WILDCARD,
-    MessageInbox,
-    check_info,
-    normalize_ip,
-    sort_connections,
-)
+from app.engine.redis_pubsub import RedisMessaging
 from app.errors import Code
 
 log = structlog.get_logger("app.engine")
 
-SOCKET_TIMEOUT_SECONDS = 1.0
 PING_TIMEOUT_SECONDS = 1.0
-SUBSCRIBER_BACKOFF_START = 0.1
-SUBSCRIBER_BACKOFF_CAP = 5.0
-# How long start() waits for the first subscription, so events published right after start are
-# delivered; past it, start() returns and the subscriber keeps trying in the background.
-SUBSCRIBE_WAIT_SECONDS = 2.0
-
-# How long watch() waits for Redis to confirm a new subscription (so a message published right
-# after it returns is received); past it, watch() returns and the subscription follows later.
-WATCH_WAIT_SECONDS = 1.0
 # list_connections() of everyone: SCAN page size, users per pipelined round trip, and a bound.
 SCAN_COUNT = 500
 LIST_BATCH = 500
@@ -115,10 +85,7 @@ SCRIPTS = (
     "locate_agent",
     "online_agents",
 )
-_KINDS: frozenset[str] = frozenset(get_args(ControlKind))
 _VERDICTS = {1: Code.IP_BANNED, 2: Code.RATE_LIMITED, 3: Code.CONNECTION_LIMIT}
-# Failures that mean "shared state is unreachable or refusing": the caller fails closed.
-_UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 # One script run: (keys, args).
 _Call = tuple[list[str], list[str | int]]
 
@@ -126,12 +93,6 @@ _Call = tuple[list[str], list[str | int]]
 def load_script(name: str) -> str:
     """The source of ``app/engine/lua/<name>.lua`` (a package resource)."""
     return resources.files("app.engine").joinpath("lua", f"{name}.lua").read_text("utf-8")
-
-
-def _tag(value: str) -> str:
-    # surrogatepass: a JSON subject may hold a lone surrogate; it must still get its own key.
-    raw = value.encode("utf-8", "surrogatepass")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 class RedisEngine:
@@ -144,109 +105,65 @@ class RedisEngine:
             raise ValueError("the Redis key prefix must be non-empty and hold no braces")
         self.worker_id = worker_id
         self.prefix = prefix
-        self.channel = f"{prefix}:control"
-        self._url = url
-        self._client = self._connect(url, f"{prefix}:{worker_id}")
+        self._client = connect(url, f"{prefix}:{worker_id}")
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(load_script(name)) for name in SCRIPTS
         }
-        self.worker_channel = f"{prefix}:w:{worker_id}"
-        self._handler: ControlHandler | None = None
-        self._inbox = MessageInbox()
-        self._sub_client: aioredis.Redis | None = None
-        self._subscriber: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
-        # The subscriber's live PubSub (None while (re)connecting) and the lock that serialises
-        # SUBSCRIBE / UNSUBSCRIBE on it between the subscriber loop and watch() / unwatch().
-        self._pubsub: PubSub | None = None
-        self._sub_lock = asyncio.Lock()
-        self._initial_pending: set[str] = set()
-        # Channels Redis has confirmed on the current subscriber connection.
-        self._confirmed: set[str] = set()
-        self._sub_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        # (tenant, agent_id or "*") -> watch count; channel -> the watch it serves.
-        self._watches: dict[tuple[str, str], int] = {}
-        self._watch_channels: dict[str, tuple[str, str]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._messaging = RedisMessaging(self._client, url=url, prefix=prefix, worker_id=worker_id)
+        self.channel = self._messaging.channel
+        self.worker_channel = self._messaging.worker_channel
         self._closed = False
-
-    @staticmethod
-    def _connect(url: str, client_name: str) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-            # One immediate retry on a dropped connection (a pooled socket Redis closed); none on
-            # timeouts, which would only double the wait before failing closed. Scripts are safe
-            # to retry: their nonce makes a second run count nothing twice.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            client_name=client_name,
-        )
 
     # -- keys ---------------------------------------------------------------------------------
 
     def user_key(self, sub: str, kind: str) -> str:
-        return f"{self.prefix}:{{u:{_tag(sub)}}}:{kind}"
+        return f"{self.prefix}:{{u:{tag(sub)}}}:{kind}"
 
     def ip_key(self, ip: str, kind: str) -> str:
-        return f"{self.prefix}:{{ip:{_tag(normalize_ip(ip))}}}:{kind}"
+        return f"{self.prefix}:{{ip:{tag(normalize_ip(ip))}}}:{kind}"
 
     def agents_key(self, tenant: str) -> str:
         """The tenant's zset of agents (member = agent_id, score = latest lease expiry, ms)."""
-        return f"{self.prefix}:{{t:{_tag(tenant)}}}:agents"
+        return f"{self.prefix}:{{t:{tag(tenant)}}}:agents"
 
     def agent_key(self, tenant: str, agent_id: str) -> str:
         """One agent's hash of connections (conn_id -> ``expiry_ms:connected_us:worker``)."""
-        return f"{self.prefix}:{{t:{_tag(tenant)}}}:a:{_tag(agent_id)}"
+        return f"{self.prefix}:{{t:{tag(tenant)}}}:a:{tag(agent_id)}"
 
     def agent_channel(self, tenant: str, agent_id: str) -> str:
-        """The channel of one agent's messages; ``agent_id="*"`` is the tenant-wide channel
-        (base64url never yields ``*``, so no agent id can alias it)."""
-        agent = WILDCARD if agent_id == WILDCARD else _tag(agent_id)
-        return f"{self.prefix}:ag:{_tag(tenant)}:{agent}"
+        """The channel of one agent's messages (``agent_id="*"``: the tenant-wide channel)."""
+        return self._messaging.agent_channel(tenant, agent_id)
 
     def worker_channel_of(self, worker_id: str) -> str:
-        return f"{self.prefix}:w:{worker_id}"
+        return self._messaging.worker_channel_of(worker_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._closed or self._subscriber is not None:
+        if self._closed or self._messaging.started:
             return
         try:
             for script in self._scripts.values():
                 # Preloaded so the first handshake is already one round trip (EVALSHA).
                 await self._client.script_load(script.script)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             # Not fatal: the hub starts, refuses handshakes (fail closed) and recovers later;
             # redis-py loads the scripts on the first NOSCRIPT.
             log.warning("engine.start_degraded", error=type(exc).__name__)
-        if self._handler is not None or self._inbox.handler is not None:
-            self._sub_client = self._connect(self._url, f"{self.prefix}:{self.worker_id}:sub")
-            self._subscriber = asyncio.create_task(self._subscribe_forever(), name="engine-sub")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT_SECONDS)
+        await self._messaging.start()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._subscriber, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self._inbox.close()
-        for client in (self._sub_client, self._client):
-            if client is not None:
-                with contextlib.suppress(*_UNAVAILABLE):
-                    await client.aclose()
+        await self._messaging.close()
+        with contextlib.suppress(*UNAVAILABLE):
+            await self._client.aclose()
 
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._client.ping(), PING_TIMEOUT_SECONDS))
-        except _UNAVAILABLE:
+        except UNAVAILABLE:
             return False
 
     # -- limits -------------------------------------------------------------------------------
@@ -254,7 +171,7 @@ class RedisEngine:
     async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
         try:
             return await self._scripts[name](keys=keys, args=args)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis {name}: {type(exc).__name__}: {exc}") from exc
 
     async def _run_many(self, name: str, calls: list[_Call]) -> list[Any]:
@@ -313,7 +230,7 @@ class RedisEngine:
         keys = [self.user_key(sub, "slots"), self.user_key(sub, "info")]
         try:
             await self._scripts["release"](keys=keys, args=[conn_id])
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             # The lease runs out by itself within lease_seconds; nothing else to do.
             log.warning("engine.release_failed", error=type(exc).__name__)
 
@@ -332,7 +249,7 @@ class RedisEngine:
                 ]
                 for reply in await self._run_many("list_connections", calls):
                     rows.extend(_parse_infos(reply))
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise EngineUnavailable(
                 f"redis list_connections: {type(exc).__name__}: {exc}"
             ) from exc
@@ -365,7 +282,7 @@ class RedisEngine:
         try:
             # One script per user (one hash slot each), all in one pipelined round trip.
             replies = await self._run_many("renew", calls)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis renew: {type(exc).__name__}: {exc}") from exc
         _log_revived("engine.leases_revived", replies)
 
@@ -383,29 +300,15 @@ class RedisEngine:
     async def ban_ip(self, ip: str, *, seconds: int) -> None:
         try:
             await self._client.set(self.ip_key(ip, "ban"), "manual", ex=seconds)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis ban_ip: {type(exc).__name__}: {exc}") from exc
 
     async def unban_ip(self, ip: str) -> None:
         try:
             # Same hash tag: one DEL is cluster-safe. The failures go too, or the next one re-bans.
             await self._client.delete(self.ip_key(ip, "ban"), self.ip_key(ip, "fails"))
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis unban_ip: {type(exc).__name__}: {exc}") from exc
-
-    # -- control events -----------------------------------------------------------------------
-
-    async def publish(self, event: ControlEvent) -> None:
-        payload = json.dumps(
-            {"kind": event.kind, "data": event.data, "from": self.worker_id}, separators=(",", ":")
-        )
-        try:
-            await self._client.publish(self.channel, payload)
-        except _UNAVAILABLE as exc:
-            raise EngineUnavailable(f"redis publish: {type(exc).__name__}: {exc}") from exc
-
-    def subscribe(self, handler: ControlHandler) -> None:
-        self._handler = handler
 
     # -- presence -----------------------------------------------------------------------------
 
@@ -421,7 +324,7 @@ class RedisEngine:
         try:
             reply = await self._scripts["agent_offline"](keys=keys, args=[agent_id, conn_id])
             return int(reply) == 1
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             # The presence lease runs out by itself; the caller announces nothing.
             log.warning("engine.agent_offline_failed", error=type(exc).__name__)
             return False
@@ -446,7 +349,7 @@ class RedisEngine:
         try:
             # One script per tenant (one hash slot each) and batch, in one pipelined round trip.
             replies = await self._run_many("renew_agents", calls)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis renew_agents: {type(exc).__name__}: {exc}") from exc
         _log_revived("engine.presence_revived", replies)
 
@@ -455,208 +358,34 @@ class RedisEngine:
         if not reply:
             return None
         worker, conn_id = reply
-        return _text(worker), _text(conn_id)
+        return text(worker), text(conn_id)
 
     async def online_agents(self, tenant: str) -> set[str]:
         reply = await self._run("online_agents", [self.agents_key(tenant)], [])
-        return {_text(agent) for agent in reply}
+        return {text(agent) for agent in reply}
 
-    # -- routing ------------------------------------------------------------------------------
+    # -- messaging (delegated) ----------------------------------------------------------------
+
+    async def publish(self, event: ControlEvent) -> None:
+        await self._messaging.publish(event)
+
+    def subscribe(self, handler: ControlHandler) -> None:
+        self._messaging.subscribe(handler)
 
     def on_message(self, handler: MessageHandler) -> None:
-        self._inbox.handler = handler
+        self._messaging.on_message(handler)
 
     async def send_to_worker(self, worker_id: str, message: str) -> None:
-        try:
-            await self._client.publish(self.worker_channel_of(worker_id), message)
-        except _UNAVAILABLE as exc:
-            raise EngineUnavailable(f"redis send_to_worker: {type(exc).__name__}: {exc}") from exc
+        await self._messaging.send_to_worker(worker_id, message)
 
     async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.publish(self.agent_channel(tenant, agent_id), message)
-                if agent_id != WILDCARD:
-                    pipe.publish(self.agent_channel(tenant, WILDCARD), message)
-                await pipe.execute()
-        except _UNAVAILABLE as exc:
-            raise EngineUnavailable(f"redis publish_agent: {type(exc).__name__}: {exc}") from exc
+        await self._messaging.publish_agent(tenant, agent_id, message)
 
     async def watch(self, tenant: str, agent_id: str) -> None:
-        key = (tenant, agent_id)
-        count = self._watches.get(key, 0)
-        self._watches[key] = count + 1
-        if count == 0:
-            self._watch_channels[self.agent_channel(tenant, agent_id)] = key
-            await self._sync_channel(self.agent_channel(tenant, agent_id))
+        await self._messaging.watch(tenant, agent_id)
 
     async def unwatch(self, tenant: str, agent_id: str) -> None:
-        key = (tenant, agent_id)
-        count = self._watches.get(key, 0)
-        if count == 0:
-            return
-        if count > 1:
-            self._watches[key] = count - 1
-            return
-        del self._watches[key]
-        channel = self.agent_channel(tenant, agent_id)
-        self._watch_channels.pop(channel, None)
-        await self._sync_channel(channel)
-
-    async def _sync_channel(self, channel: str) -> None:
-        """Bring the live subscription of ``channel`` in line with the watch counts.
-
-        Decided under the lock from the counts *then*, so concurrent watch/unwatch calls settle on
-        the last state. Never raises: when the subscriber is down (or the write fails) the
-        subscriber loop resubscribes the watched set on its next connection.
-        """
-        waiter: asyncio.Future[None] | None = None
-        async with self._sub_lock:
-            pubsub = self._pubsub
-            if pubsub is None:
-                return
-            wanted = channel in self._watch_channels
-            try:
-                if wanted:
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._sub_waiters.setdefault(channel, []).append(waiter)
-                    await pubsub.subscribe(channel)
-                else:
-                    await pubsub.unsubscribe(channel)
-            except _UNAVAILABLE as exc:
-                log.warning("engine.watch_deferred", error=type(exc).__name__)
-                self._drop_waiter(channel, waiter)
-                return
-        if waiter is not None:
-            try:
-                # Confirmed by Redis: a message published from now on reaches this worker.
-                await asyncio.wait_for(asyncio.shield(waiter), WATCH_WAIT_SECONDS)
-            except TimeoutError:
-                log.warning("engine.watch_unconfirmed")
-            finally:
-                self._drop_waiter(channel, waiter)
-
-    def _drop_waiter(self, channel: str, waiter: asyncio.Future[None] | None) -> None:
-        waiters = self._sub_waiters.get(channel)
-        if waiter is None or waiters is None:
-            return
-        with contextlib.suppress(ValueError):
-            waiters.remove(waiter)
-        if not waiters:
-            del self._sub_waiters[channel]
-
-    # -- the subscriber -----------------------------------------------------------------------
-
-    def _base_channels(self) -> list[str]:
-        channels = []
-        if self._handler is not None:
-            channels.append(self.channel)
-        if self._inbox.handler is not None:
-            channels.append(self.worker_channel)
-        return channels
-
-    async def _subscribe_forever(self) -> None:
-        assert self._sub_client is not None
-        backoff = SUBSCRIBER_BACKOFF_START
-        lost = False
-        while True:
-            pubsub: PubSub = self._sub_client.pubsub()
-            try:
-                async with self._sub_lock:
-                    # Everything at once, watched agents included: after a reconnect nothing
-                    # that was watched is left out.
-                    channels = [*self._base_channels(), *self._watch_channels]
-                    self._initial_pending = set(channels)
-                    self._confirmed.clear()
-                    await pubsub.subscribe(*channels)
-                    self._pubsub = pubsub
-                if lost:
-                    log.info("engine.subscriber_restored", channel=self.channel)
-                    lost = False
-                backoff = SUBSCRIBER_BACKOFF_START
-                while True:
-                    # A bounded wait, so a silently dead connection is noticed by the next read.
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._on_pubsub(message)
-            except _UNAVAILABLE as exc:
-                if not lost:
-                    log.warning(
-                        "engine.subscriber_lost", channel=self.channel, error=type(exc).__name__
-                    )
-                    lost = True
-            except Exception:
-                # A bug here must not end cluster-wide messaging for this worker: log, go on.
-                log.exception("engine.subscriber_error", channel=self.channel)
-            finally:
-                self._subscribed.clear()
-                # Under the lock: no watch() is mid-SUBSCRIBE on the connection being closed.
-                async with self._sub_lock:
-                    self._pubsub = None
-                with contextlib.suppress(*_UNAVAILABLE):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, SUBSCRIBER_BACKOFF_CAP)
-
-    def _on_pubsub(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        channel = _text(message.get("channel", b""))
-        if kind == "unsubscribe":
-            self._confirmed.discard(channel)
-            return
-        if kind == "subscribe":
-            self._confirmed.add(channel)
-            for waiter in self._sub_waiters.pop(channel, []):
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._initial_pending.discard(channel)
-            if not self._initial_pending:
-                self._subscribed.set()
-            return
-        if kind != "message":
-            return
-        data = message["data"]
-        if channel == self.channel:
-            self._dispatch(data)
-        elif channel == self.worker_channel:
-            self._inbox.put(_text(data))
-        else:
-            key = self._watch_channels.get(channel)
-            if key is not None and (key[1] == WILDCARD or not self._tenant_copy_coming(key[0])):
-                self._inbox.put(_text(data))
-
-    def _tenant_copy_coming(self, tenant: str) -> bool:
-        """True when the tenant-wide copy of an agent message will be delivered too, so the
-        agent-channel copy must be dropped: ``*`` is watched *and* Redis has confirmed that
-        subscription (until then the tenant copy is not sent to this worker).
-
-        A message on a channel no longer watched (in flight at UNSUBSCRIBE) is dropped, so while
-        ``*`` is being unwatched the agent copy is the one delivered. Only a watch of ``*`` that
-        Redis applies between the two PUBLISHes of one :meth:`publish_agent` can deliver a
-        message twice.
-        """
-        channel = self.agent_channel(tenant, WILDCARD)
-        return channel in self._watch_channels and channel in self._confirmed
-
-    def _dispatch(self, raw: bytes | str) -> None:
-        event = _parse_event(raw)
-        handler = self._handler
-        if event is None:
-            log.warning("engine.bad_control_event", channel=self.channel)
-            return
-        if handler is None:
-            return
-        # A task per event: a slow handler must not stall the subscriber (Redis drops a pubsub
-        # client whose output buffer grows), and the loop starts tasks in arrival order.
-        task = asyncio.create_task(_deliver(handler, event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+        await self._messaging.unwatch(tenant, agent_id)
 
 
 def _glob_escape(value: str) -> str:
@@ -693,23 +422,3 @@ def _parse_infos(reply: Any) -> list[ConnectionInfo]:
         except (ValueError, KeyError, TypeError):
             log.warning("engine.bad_connection_info")
     return rows
-
-
-def _parse_event(raw: bytes | str) -> ControlEvent | None:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    kind, data = body.get("kind"), body.get("data", {})
-    if kind not in _KINDS or not isinstance(data, dict):
-        return None
-    return ControlEvent(kind=kind, data=data)
-
-
-async def _deliver(handler: ControlHandler, event: ControlEvent) -> None:
-    try:
-        await handler(event)
-    except Exception:
-        log.exception("engine.handler_failed", kind=event.kind)

@@ -7,8 +7,9 @@ import asyncio
 
 from structlog.testing import capture_logs
 
+from app.engine._delivery import MessageInbox
 from app.engine.base import Admitted, ConnectionInfo, ControlEvent, Refused
-from app.engine.memory import MemoryEngine, MessageInbox
+from app.engine.memory import MemoryEngine
 from app.errors import Code
 
 from .conftest import ManualClock
