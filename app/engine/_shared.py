@@ -1,11 +1,13 @@
-"""Small rules both engines apply identically to limits and connection listings."""
+"""What both engines share: small rules for limits and listings, and the delegation of their
+messaging methods to their messaging half."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Protocol
 
-from app.engine.base import ConnectionInfo
+from app.engine.base import ConnectionInfo, ControlEvent, ControlHandler, MessageHandler
 
 
 def normalize_ip(ip: str) -> str:
@@ -28,3 +30,42 @@ def check_info(sub: str, conn_id: str, info: ConnectionInfo | None) -> None:
 def sort_connections(rows: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:
     """One order on both engines: oldest connection first."""
     return sorted(rows, key=lambda c: (c.connected_at, c.sub, c.conn_id))
+
+
+class Messaging(Protocol):
+    """The messaging half of an engine (see :mod:`app.engine.base` for the guarantees)."""
+
+    async def publish(self, event: ControlEvent) -> None: ...
+    def subscribe(self, handler: ControlHandler) -> None: ...
+    def on_message(self, handler: MessageHandler) -> None: ...
+    async def send_to_worker(self, worker_id: str, message: str) -> None: ...
+    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None: ...
+    async def watch(self, tenant: str, agent_id: str) -> None: ...
+    async def unwatch(self, tenant: str, agent_id: str) -> None: ...
+
+
+class DelegatedMessaging:
+    """Both engines hand their messaging methods to ``self._messaging``."""
+
+    _messaging: Messaging
+
+    async def publish(self, event: ControlEvent) -> None:
+        await self._messaging.publish(event)
+
+    def subscribe(self, handler: ControlHandler) -> None:
+        self._messaging.subscribe(handler)
+
+    def on_message(self, handler: MessageHandler) -> None:
+        self._messaging.on_message(handler)
+
+    async def send_to_worker(self, worker_id: str, message: str) -> None:
+        await self._messaging.send_to_worker(worker_id, message)
+
+    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
+        await self._messaging.publish_agent(tenant, agent_id, message)
+
+    async def watch(self, tenant: str, agent_id: str) -> None:
+        await self._messaging.watch(tenant, agent_id)
+
+    async def unwatch(self, tenant: str, agent_id: str) -> None:
+        await self._messaging.unwatch(tenant, agent_id)

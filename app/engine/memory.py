@@ -39,14 +39,11 @@ from typing import TypeVar
 
 import structlog
 
-from app.engine._shared import check_info, normalize_ip, sort_connections
+from app.engine._shared import DelegatedMessaging, check_info, normalize_ip, sort_connections
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
-    ControlEvent,
-    ControlHandler,
     IpVerdict,
-    MessageHandler,
     Refused,
     UserVerdict,
 )
@@ -92,8 +89,10 @@ class _Presence:
     expiry: float
 
 
-class MemoryEngine:
+class MemoryEngine(DelegatedMessaging):
     """The in-process engine (see the module docstring for its guarantees)."""
+
+    _messaging: LocalMessaging
 
     name = "embedded"
 
@@ -254,28 +253,6 @@ class MemoryEngine:
         self._bans.pop(ip, None)
         self._ip_fails.pop(ip, None)
 
-    # -- messaging (delegated) --------------------------------------------------------------
-
-    async def publish(self, event: ControlEvent) -> None:
-        await self._messaging.publish(event)
-
-    def subscribe(self, handler: ControlHandler) -> None:
-        self._messaging.subscribe(handler)
-
-    def on_message(self, handler: MessageHandler) -> None:
-        self._messaging.on_message(handler)
-
-    async def send_to_worker(self, worker_id: str, message: str) -> None:
-        await self._messaging.send_to_worker(worker_id, message)
-
-    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
-        await self._messaging.publish_agent(tenant, agent_id, message)
-
-    async def watch(self, tenant: str, agent_id: str) -> None:
-        await self._messaging.watch(tenant, agent_id)
-
-    async def unwatch(self, tenant: str, agent_id: str) -> None:
-        await self._messaging.unwatch(tenant, agent_id)
 
     # -- presence ----------------------------------------------------------------------------
 

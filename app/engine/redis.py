@@ -46,15 +46,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from app.engine._redis_client import UNAVAILABLE, connect, tag, text
-from app.engine._shared import check_info, normalize_ip, sort_connections
+from app.engine._shared import DelegatedMessaging, check_info, normalize_ip, sort_connections
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
-    ControlEvent,
-    ControlHandler,
     EngineUnavailable,
     IpVerdict,
-    MessageHandler,
     Refused,
     UserVerdict,
 )
@@ -95,8 +92,10 @@ def load_script(name: str) -> str:
     return resources.files("app.engine").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
-class RedisEngine:
+class RedisEngine(DelegatedMessaging):
     """The shared engine (see the module docstring for its guarantees)."""
+
+    _messaging: RedisMessaging
 
     name = "redis"
 
@@ -363,29 +362,6 @@ class RedisEngine:
     async def online_agents(self, tenant: str) -> set[str]:
         reply = await self._run("online_agents", [self.agents_key(tenant)], [])
         return {text(agent) for agent in reply}
-
-    # -- messaging (delegated) ----------------------------------------------------------------
-
-    async def publish(self, event: ControlEvent) -> None:
-        await self._messaging.publish(event)
-
-    def subscribe(self, handler: ControlHandler) -> None:
-        self._messaging.subscribe(handler)
-
-    def on_message(self, handler: MessageHandler) -> None:
-        self._messaging.on_message(handler)
-
-    async def send_to_worker(self, worker_id: str, message: str) -> None:
-        await self._messaging.send_to_worker(worker_id, message)
-
-    async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
-        await self._messaging.publish_agent(tenant, agent_id, message)
-
-    async def watch(self, tenant: str, agent_id: str) -> None:
-        await self._messaging.watch(tenant, agent_id)
-
-    async def unwatch(self, tenant: str, agent_id: str) -> None:
-        await self._messaging.unwatch(tenant, agent_id)
 
 
 def _glob_escape(value: str) -> str:

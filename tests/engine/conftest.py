@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from app.engine.base import ControlEvent, Engine
 from app.engine.memory import MemoryEngine
 from app.engine.redis import RedisEngine
+from tests.support.redis_server import RedisServer
 
 Advance = Callable[[float], Awaitable[None]]
 RedisFactory = Callable[..., Awaitable[RedisEngine]]
@@ -166,3 +168,20 @@ async def drain_until(inbox: asyncio.Queue[str], marker: str, timeout: float = 2
         if message == marker:
             return seen
         seen.append(message)
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the session's Redis, to look at keys the engine wrote."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of this test alone, which it may stop and start (never TEST_REDIS_URL)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -26,20 +26,6 @@ pytestmark = pytest.mark.redis
 LIMITS = {"rate_limit": 1000, "max_connections": 10, "lease_seconds": 30}
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def own_server() -> Iterator[RedisServer]:
-    """A server of this test alone, which it may stop and start (never TEST_REDIS_URL)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 async def test_fifty_concurrent_admissions_across_five_workers_admit_exactly_ten(
