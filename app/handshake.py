@@ -153,24 +153,8 @@ class Gatekeeper:
         refuse = _Refuser(self._log, request, ip, event="admin.auth_failed")
         if self._bans.is_banned(ip):
             raise refuse(Code.IP_BANNED, http_only=True)
-        verdict = await self._engine_step(
-            refuse, self._engine.check_ip(ip, limit=self._settings.connect_rate_per_ip)
-        )
-        if isinstance(verdict, Refused):
-            raise refuse(verdict.code, retry_after=verdict.retry_after, http_only=True)
-        try:
-            found = find_token(request.headers, (), b"", allow_query=False)
-        except TokenSearchError as exc:
-            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MALFORMED, str(exc))) from None
-        if found is None:
-            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MISSING, "no token"))
-        try:
-            principal = await self._verifier.verify(found[0])
-        except TokenError as exc:
-            raise await self._auth_failure(refuse, exc) from None
-        refuse.principal = principal
-        if self._revocations.is_revoked(principal):
-            raise refuse(Code.TOKEN_REVOKED)
+        await self._check_address(refuse, ip)
+        principal, _ = await self._authenticate(refuse, request, subprotocols=(), raw_query=b"")
         if not is_admin(principal.roles):
             raise refuse(Code.ROLE_FORBIDDEN)
         return principal
@@ -202,33 +186,16 @@ class Gatekeeper:
         refuse = _Refuser(self._log, request, ip)
         if self.draining:
             raise refuse(Code.UNAVAILABLE, retry_after=1)
+        origin = request.headers.get("origin")
         if self._bans.is_banned(ip):
             raise refuse(Code.IP_BANNED, http_only=True)
-        origin = request.headers.get("origin")
         if self._origins and (origin is None or origin.rstrip("/").lower() not in self._origins):
             raise refuse(Code.ORIGIN_FORBIDDEN)
-        verdict = await self._engine_step(
-            refuse, self._engine.check_ip(ip, limit=settings.connect_rate_per_ip)
+        await self._check_address(refuse, ip)
+        principal, transport = await self._authenticate(
+            refuse, request, subprotocols=request.subprotocols,
+            raw_query=request.raw_query if settings.allow_query_token else b"",
         )
-        if isinstance(verdict, Refused):
-            raise refuse(verdict.code, retry_after=verdict.retry_after, http_only=True)
-
-        try:
-            found = find_token(
-                request.headers, request.subprotocols, request.raw_query, settings.allow_query_token
-            )
-        except TokenSearchError as exc:
-            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MALFORMED, str(exc))) from None
-        if found is None:
-            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MISSING, "no token"))
-        token, transport = found
-        try:
-            principal = await self._verifier.verify(token)
-        except TokenError as exc:
-            raise await self._auth_failure(refuse, exc) from None
-        refuse.principal = principal
-        if self._revocations.is_revoked(principal):
-            raise refuse(Code.TOKEN_REVOKED)
         if not may_connect(principal.roles, request.endpoint):
             raise refuse(Code.ROLE_FORBIDDEN)
 
@@ -261,6 +228,37 @@ class Gatekeeper:
             origin=origin,
             connected_at=info.connected_at,
         )
+
+    async def _check_address(self, refuse: _Refuser, ip: str) -> None:
+        """The engine's automatic ban and per-IP window (one engine round trip). Both refusals
+        are always sent as HTTP. (Configured and operators' bans are checked before, in memory.)"""
+        verdict = await self._engine_step(
+            refuse, self._engine.check_ip(ip, limit=self._settings.connect_rate_per_ip)
+        )
+        if isinstance(verdict, Refused):
+            raise refuse(verdict.code, retry_after=verdict.retry_after, http_only=True)
+
+    async def _authenticate(
+        self, refuse: _Refuser, request: HandshakeRequest, *, subprotocols: Sequence[str],
+        raw_query: bytes,
+    ) -> tuple[Principal, Transport]:
+        """Find, verify and check the revocation of the token. A failure to present a valid token
+        counts towards the address's automatic ban."""
+        try:
+            found = find_token(request.headers, subprotocols, raw_query, allow_query=bool(raw_query))
+        except TokenSearchError as exc:
+            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MALFORMED, str(exc))) from None
+        if found is None:
+            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MISSING, "no token"))
+        token, transport = found
+        try:
+            principal = await self._verifier.verify(token)
+        except TokenError as exc:
+            raise await self._auth_failure(refuse, exc) from None
+        refuse.principal = principal
+        if self._revocations.is_revoked(principal):
+            raise refuse(Code.TOKEN_REVOKED)
+        return principal, transport
 
     async def _engine_step(
         self, refuse: _Refuser, step: Awaitable[Admitted | Refused]
