@@ -153,7 +153,12 @@ def _unsigned(alg: str) -> str:
 
 
 async def test_header_token_wins_and_malformed_authorization_is_refused(hub: HubProcess) -> None:
-    outcome = await attempt(f"{hub.url}/ws/agent", headers={"Authorization": "Basic abc"})
+    # A good header token is used even when a bad one travels in the query...
+    wins = await attempt(f"{hub.url}/ws/agent?token=bad.token.here", token=make_token("agent-hdr"))
+    assert wins.accepted and wins.messages[0]["sub"] == "agent-hdr"
+    # ...and a present but unusable header does not fall through to a good query token.
+    outcome = await attempt(f"{hub.url}/ws/agent?token={make_token('agent-q')}",
+                            headers={"Authorization": "Basic abc"})
     assert (outcome.status, outcome.code) == (401, "token_malformed")
 
 

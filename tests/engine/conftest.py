@@ -119,15 +119,18 @@ def advance(engine: Engine, clock: ManualClock) -> Advance:
     return _advance
 
 
+def _real_clock_engine(request: pytest.FixtureRequest) -> Engine:
+    """Worker ``w1`` of the engine the fixture's parameter names, on its real clock."""
+    if request.param == "memory":
+        return MemoryEngine(worker_id="w1")
+    url = request.getfixturevalue("redis_url")
+    return RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def realtime_engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     """Both engines on their default, real clocks."""
-    eng: Engine
-    if request.param == "memory":
-        eng = MemoryEngine(worker_id="w1")
-    else:
-        url = request.getfixturevalue("redis_url")
-        eng = RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
+    eng = _real_clock_engine(request)
     await eng.start()
     yield eng
     await eng.close()
@@ -143,12 +146,7 @@ def _into(inbox: asyncio.Queue[str]) -> Callable[[str], Awaitable[None]]:
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def routed(request: pytest.FixtureRequest) -> AsyncIterator[Routed]:
     """A started engine (worker ``w1``, real clock) whose routed messages land in the queue."""
-    eng: Engine
-    if request.param == "memory":
-        eng = MemoryEngine(worker_id="w1")
-    else:
-        url = request.getfixturevalue("redis_url")
-        eng = RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
+    eng = _real_clock_engine(request)
     inbox: asyncio.Queue[str] = asyncio.Queue()
     eng.on_message(_into(inbox))
     await eng.start()
