@@ -1,11 +1,13 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both work on a fresh clone: they
-# create the virtual environment and install the project on first use.
+# create the virtual environment and install the project on first use; `make test` also installs
+# the system parts its tests drive (.ci/system-deps) and the JavaScript client's packages.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+JS     := clients/js
 
-.PHONY: run test lint bench install clean
+.PHONY: run test test-deps system lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +28,20 @@ run: install .env
 	$(BIN)/hubctl migrate
 	$(BIN)/hubctl serve
 
-test: install
+# Everything the suite needs beyond the virtualenv: system packages, and the JavaScript client's
+# dependencies from its lock file when that client is present.
+JS_STAMP := $(if $(wildcard $(JS)/package-lock.json),$(JS)/node_modules/.package-lock.json)
+
+system:
+	@./.ci/system-deps
+
+test-deps: install system $(JS_STAMP)
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json | system
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: test-deps
 	$(BIN)/pytest
 
 lint: install
