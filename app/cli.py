@@ -22,6 +22,7 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from app import preflight
     from app.serve import serve
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
@@ -31,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"hubctl: configuration error: {exc}", file=sys.stderr)
         return 2
+    preflight.run(settings)
     configure_logging(settings.log_level, settings.log_format)
     serve(settings)
     return 0
@@ -81,11 +83,15 @@ def _mint(sub: str, roles: list[str], ttl: float, tenant: str | None) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from app.store.migrate import upgrade
+    from app.preflight import StartupError, migrate
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    upgrade(settings.database_url)
+    try:
+        migrate(settings.database_url)
+    except StartupError as exc:
+        print(f"hubctl: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

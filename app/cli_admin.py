@@ -2,19 +2,20 @@
 
 The admin token comes from ``--token``, else ``HUB_ADMIN_TOKEN``, else it is minted for five
 minutes from the configured key (``sub`` ``hubctl``, role ``admin``), so an operator on a host that
-holds the key needs nothing else. Output is the API's JSON, one document per call.
+holds the key needs nothing else. Output is a table at a terminal and the API's JSON otherwise
+(or with ``--json``), one document per call; the exit status is 0 for a 2xx answer, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 import httpx
 
+from app.cli_output import show
 from app.config import HMAC_ALGORITHMS, Settings
 
 
@@ -41,11 +42,19 @@ def _call(args: argparse.Namespace, settings: Settings, method: str, path: str,
     except httpx.HTTPError as exc:
         print(f"hubctl: {args.url} unreachable: {type(exc).__name__}", file=sys.stderr)
         return 1
+    as_json = args.json or not sys.stdout.isatty()
     if response.content:
         try:
-            print(json.dumps(response.json(), indent=2))
+            document = response.json()
         except ValueError:
             print(response.text)
+        else:
+            if response.is_success or as_json:
+                print(show(document, as_json=as_json))
+            elif isinstance(document, dict) and "error" in document:
+                print(f"hubctl: {document['error']}: {document.get('message', '')}", file=sys.stderr)
+            else:
+                print(f"hubctl: HTTP {response.status_code}", file=sys.stderr)
     return 0 if response.is_success else 1
 
 
@@ -88,6 +97,8 @@ def add_parsers(verbs: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default="http://127.0.0.1:8000", help="the hub (default %(default)s)")
     common.add_argument("--token", help="an admin token (default: HUB_ADMIN_TOKEN, or minted)")
+    common.add_argument("--json", action="store_true",
+                        help="print the API's JSON (the default when output is not a terminal)")
 
     def verb(name: str, text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = verbs.add_parser(name, parents=[common], help=text)

@@ -20,6 +20,8 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
 MIN_HMAC_SECRET_BYTES = 32
+# The schemes of HUB_REDIS_URL the Redis engine can connect with.
+REDIS_SCHEMES = ("redis", "rediss")
 
 
 def _split(value: object) -> object:
@@ -56,6 +58,24 @@ def _is_exact_origin(origin: str) -> bool:
         and not (parts.path or parts.query or parts.fragment)
         and origin == f"{parts.scheme}://{parts.netloc}"
     )
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if the Redis engine can connect with it; else ValueError with one line that never
+    repeats the URL (it may carry a password)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a URL; expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme[:20]!r}; expected one of "
+                         f"{', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"cannot be parsed: {str(exc).split(chr(10))[0][:120]}") from None
+    return url
 
 
 CommaList = Annotated[list[str], NoDecode]
@@ -139,6 +159,13 @@ class Settings(BaseSettings):
     def _cidrs(cls, value: list[str]) -> list[str]:
         parse_networks(value)
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return check_redis_url(value)
 
     @field_validator("allowed_origins")
     @classmethod

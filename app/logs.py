@@ -80,10 +80,14 @@ def configure_logging(
     terminal. Idempotent: the root handler is replaced, not added to.
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    # Tracebacks are rendered to text (format_exc_info) before redaction, so a token quoted in an
+    # exception's message is redacted like any other value; the console then prints that text.
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     # The hub's own events skip the stdlib machinery (a third of the cost per line, measured):
@@ -94,8 +98,8 @@ def configure_logging(
             structlog.processors.add_log_level,
             _name_logger,
             timestamper,
-            _redact_event,
             structlog.processors.format_exc_info,
+            _redact_event,
             renderer,
         ],
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
@@ -106,14 +110,19 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         timestamper,
-        _redact_event,
     ]
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_FILTER)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # A record's exc_info (uvicorn's "Exception in ASGI application") as text.
+                structlog.processors.format_exc_info,
+                _redact_event,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()

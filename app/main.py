@@ -22,6 +22,7 @@ from app.engine import EngineUnavailable
 from app.handshake import HandshakeRefused
 from app.logs import configure_logging, get_logger, install_redaction
 from app.metrics import render as render_metrics
+from app.preflight import StartupError
 from app.runtime import Runtime
 
 log = get_logger("app.main")
@@ -41,7 +42,13 @@ def create_app(settings: Settings) -> FastAPI:
             raise SystemExit(3)
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        await runtime.start()
+        try:
+            await runtime.start()
+        except StartupError as exc:
+            # One line for the operator; `hubctl serve` reports the same before any worker starts.
+            log.error("hub.refused_to_start", reason=str(exc))
+            await runtime.store.close()
+            raise SystemExit(3) from None
         try:
             yield
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import subprocess
 import sys
 from typing import Any
@@ -55,3 +56,46 @@ async def test_operator_verbs(hub: HubProcess) -> None:
 def test_wrong_key_is_refused_by_the_hub(hub: HubProcess) -> None:
     code, body = hubctl("bans", "--url", hub.http, secret="y" * 64)
     assert code == 1 and body["error"] == "token_invalid"
+
+
+def hubctl_at_a_terminal(*args: str) -> tuple[int, str, str]:
+    """Run hubctl with its standard output on a pseudo-terminal, as an operator's shell has it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args], stdout=child, stderr=subprocess.PIPE,
+            env={**env, "HUB_JWT_SECRET": SECRET, "PYTHONPATH": str(ROOT)}, cwd="/",
+        )
+        os.close(child)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.close(main)
+    return proc.returncode, b"".join(chunks).decode().replace("\r\n", "\n"), err.decode()
+
+
+def test_tables_at_a_terminal_and_json_otherwise(hub: HubProcess) -> None:
+    url = ("--url", hub.http)
+    code, ban = hubctl("ban", "127.0.0.9", "--reason", "table test", *url)
+    assert code == 0
+    try:
+        code, out, err = hubctl_at_a_terminal("bans", *url)
+        assert code == 0 and not err
+        header, *rows = out.strip().splitlines()
+        assert header.split()[:2] == ["ID", "CIDR"]
+        assert any(ban["id"] in row and "127.0.0.9/32" in row and "table test" in row for row in rows)
+        code, out, _ = hubctl_at_a_terminal("bans", "--json", *url)
+        assert code == 0 and ban["id"] in {b["id"] for b in json.loads(out)}
+        code, out, err = hubctl_at_a_terminal("unban", "no-such-ban", *url)
+        assert code == 1 and out == "" and err.startswith("hubctl: not_found"), err
+    finally:
+        assert hubctl("unban", ban["id"], *url)[0] == 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 from app.config import Settings, SettingsError, load_settings
 from tests.conftest import SECRET
+from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT_SECRET = "short-secret-31-bytes-long-xxxx"
@@ -329,25 +328,6 @@ def test_defaults_are_valid(env: Env) -> None:
 # The command line
 
 
-def run_cli(tmp_path: Path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
-    child_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(ROOT),
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        **variables,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=tmp_path,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("variable", "variables", "args"),
     [
@@ -356,6 +336,9 @@ def run_cli(tmp_path: Path, *args: str, **variables: str) -> subprocess.Complete
         ("HUB_WORKERS", {"HUB_JWT_SECRET": SECRET}, ("--workers", "2")),
         ("HUB_BANNED_CIDRS", {"HUB_JWT_SECRET": SECRET, "HUB_BANNED_CIDRS": "1.2.3.4/40"}, ()),
         ("HUB_JWT_SECRET", {"HUB_ENV": "production", "HUB_JWT_SECRET": SHORT_SECRET}, ()),
+        ("HUB_REDIS_URL", {"HUB_JWT_SECRET": SECRET, "HUB_REDIS_URL": "memcached://127.0.0.1:11211"}, ()),
+        ("HUB_REDIS_URL", {"HUB_JWT_SECRET": SECRET, "HUB_REDIS_URL": "127.0.0.1:6379"}, ()),
+        ("HUB_REDIS_URL", {"HUB_JWT_SECRET": SECRET, "HUB_REDIS_URL": "redis://:pw@h:port/0"}, ()),
     ],
 )
 def test_serve_refuses_a_bad_setting_with_one_line(
@@ -370,3 +353,16 @@ def test_serve_refuses_a_bad_setting_with_one_line(
     assert result.stdout == ""
     assert SHORT_SECRET not in result.stderr
     assert SECRET not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "REDIS://h", "redis://:hunter2@host:port/0", "unix:///tmp/r.sock"]
+)
+def test_redis_url_of_an_unknown_scheme_or_unparseable(refused: Callable[..., str], url: str) -> None:
+    message = refused("HUB_REDIS_URL", redis_url=url, jwt_secret=SECRET)
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@redis.internal:6380"])
+def test_redis_urls_the_engine_takes(env: Env, url: str) -> None:
+    assert env(redis_url=url, jwt_secret=SECRET).redis_url == url

@@ -33,10 +33,9 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import BASE_ENV, SECRET, make_token, redis_env
 from tests.support.client import attempt
+from tests.support.postgres import DEFAULT_PG_URL
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, HubProcess, free_port
-
-DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -1,0 +1,189 @@
+"""Start-up refusals through the real CLI: one line each, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.store.migrate import head_revision, upgrade
+from tests.conftest import SECRET, make_token
+from tests.support.cli import ROOT, run_cli
+from tests.support.client import attempt
+from tests.support.postgres import PgServer, pg_server_for_tests
+from tests.support.server import free_port
+
+PRODUCTION = {"HUB_ENV": "production", "HUB_JWT_SECRET": SECRET, "HUB_LOG_FORMAT": "json"}
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hubctl: HUB_"), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+async def pg_server() -> AsyncIterator[PgServer]:
+    async with pg_server_for_tests() as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_database(pg_server: PgServer) -> AsyncIterator[str]:
+    url = await pg_server.create_database()
+    try:
+        yield url
+    finally:
+        await pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of either kind, never migrated (sync: see tests/store/conftest.py)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'var' / 'hub.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
+def test_serve_refuses_a_database_that_was_never_migrated(tmp_path: Path, database_url: str) -> None:
+    line = one_line(run_cli(tmp_path, "serve", HUB_DATABASE_URL=database_url, **PRODUCTION))
+    assert "HUB_DATABASE_URL" in line and "no schema" in line and "`hubctl migrate`" in line
+
+
+async def test_serve_refuses_a_database_migrated_by_a_newer_version(
+    tmp_path: Path, database_url: str
+) -> None:
+    await _migrate(database_url)
+    await _set_revision(database_url, "ffffffffffff")
+    line = one_line(run_cli(tmp_path, "serve", HUB_DATABASE_URL=database_url, **PRODUCTION))
+    assert "ffffffffffff" in line and "does not know" in line
+
+
+async def test_serve_refuses_a_database_behind_the_code(tmp_path: Path, database_url: str) -> None:
+    await _migrate(database_url)
+    await _set_revision(database_url, None)  # every table there, the version row gone
+    line = one_line(run_cli(tmp_path, "serve", HUB_DATABASE_URL=database_url, **PRODUCTION))
+    assert "`hubctl migrate`" in line
+
+
+def test_serve_and_migrate_refuse_an_unreachable_database(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://hub:s3cret-pw@127.0.0.1:{free_port()}/hub"
+    for verb in ("serve", "migrate"):
+        line = one_line(run_cli(tmp_path, verb, HUB_DATABASE_URL=url, **PRODUCTION))
+        assert "HUB_DATABASE_URL" in line and "ConnectionRefusedError" in line
+        assert "s3cret-pw" not in line and "127.0.0.1" in line
+
+
+def test_production_never_migrates_implicitly(tmp_path: Path) -> None:
+    one_line(run_cli(tmp_path, "serve", **PRODUCTION))
+    assert not (tmp_path / "var" / "hub.db").exists()  # not even an empty file
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for proc in processes:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _serve(tmp_path: Path, port: int, **variables: str) -> subprocess.Popen[str]:
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+           "LANG": "C.UTF-8", "HUB_JWT_SECRET": SECRET, "HUB_LOG_FORMAT": "json", **variables}
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _wait_healthy(proc: subprocess.Popen[str], port: int) -> None:
+    for _ in range(400):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the hub did not come up")
+
+
+async def test_development_mode_migrates_sqlite_by_itself(
+    tmp_path: Path, served: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    proc = _serve(tmp_path, port, HUB_ENV="development")
+    served.append(proc)
+    _wait_healthy(proc, port)
+    assert proc.stderr is not None
+    assert "development mode: migrated" in proc.stderr.readline()
+    with sqlite3.connect(tmp_path / "var" / "hub.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+    outcome = await attempt(f"ws://127.0.0.1:{port}/ws/agent", token=make_token("preflight-dev"))
+    assert outcome.accepted, outcome
+
+
+async def test_unreachable_redis_is_one_warning_and_the_hub_fails_closed(
+    tmp_path: Path, served: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    proc = _serve(tmp_path, port, HUB_ENV="development",
+                  HUB_REDIS_URL=f"redis://:pw-not-shown@127.0.0.1:{free_port()}/0")
+    served.append(proc)
+    _wait_healthy(proc, port)
+    assert proc.stderr is not None
+    lines = [proc.stderr.readline(), proc.stderr.readline()]
+    warning = next(line for line in lines if "HUB_REDIS_URL" in line)
+    assert warning.startswith("hubctl: warning: HUB_REDIS_URL: Redis does not answer")
+    assert "retrying" in warning and "pw-not-shown" not in warning
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 503
+    outcome = await attempt(f"ws://127.0.0.1:{port}/ws/agent", token=make_token("preflight-redis"))
+    assert outcome.status == 503 and outcome.code == "unavailable", outcome
+
+
+async def _migrate(url: str) -> None:
+    import asyncio
+
+    await asyncio.to_thread(upgrade, url)
+
+
+async def _set_revision(url: str, revision: str | None) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM alembic_version"))
+            if revision is not None:
+                await conn.execute(text("INSERT INTO alembic_version VALUES (:r)"), {"r": revision})
+    finally:
+        await engine.dispose()
+
+
+def test_a_worker_under_plain_uvicorn_refuses_with_one_event(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+           "LANG": "C.UTF-8", **PRODUCTION}
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    refused = [line for line in result.stderr.splitlines() if '"hub.refused_to_start"' in line]
+    assert len(refused) == 1 and "`hubctl migrate`" in refused[0], result.stderr
