@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
 # The hub's image: `docker build -t agent-hub:0.1.0 .` (see docker-compose.yml for a full stack).
 #
-# Two stages: the builder makes a virtualenv with the dependencies (wheels only, no compiler
-# needed); the runtime stage gets that venv and the source, nothing else: no pip cache, no build
-# tools, not root.
+# Two stages: the builder builds the project's wheel and installs it, with every runtime
+# dependency, into a virtualenv (wheels only, no compiler needed); the runtime stage gets that
+# venv and the two deploy scripts, nothing else: no source tree, no PYTHONPATH, no pip cache, no
+# build tools, not root. The hub runs exactly as `pip install agent_hub-*.whl` installs it: the
+# wheel carries the migrations, the Lua scripts and the console (tests/test_package.py).
 
 # ---- builder ---------------------------------------------------------------------------------
 FROM python:3.11-slim AS builder
@@ -18,14 +20,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY app ./app
-# Installing the project pulls every runtime dependency, uvicorn[standard] included (uvloop,
-# httptools, watchfiles...). The project itself is then removed again: it runs from /srv/hub,
-# next to its alembic/ scripts, which `hubctl migrate` finds relative to the `app` package
-# (app/store/migrate.py) and which are not part of the wheel.
-RUN pip install --no-cache-dir . \
- && pip uninstall --yes agent-hub \
- && printf '#!/bin/sh\nexec /opt/venv/bin/python -m app.cli "$@"\n' > /opt/venv/bin/hubctl \
- && chmod 0755 /opt/venv/bin/hubctl
+COPY hubclient ./hubclient
+COPY alembic ./alembic
+# uvicorn[standard] comes with every runtime dependency (uvloop, httptools, watchfiles...).
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && pip install --no-cache-dir /wheels/agent_hub-*.whl
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim AS runtime
@@ -38,7 +37,6 @@ LABEL org.opencontainers.image.title="agent-hub" \
 # docs/operations.md "Server choices"): bounded header parsing and an answer to every oversized
 # header. Plain `uvicorn app.main:app` would pick httptools and websockets-sansio: use hubctl.
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/srv/hub \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HUB_HOST=0.0.0.0 \
@@ -50,17 +48,13 @@ RUN groupadd --system --gid 10001 hub \
       --shell /usr/sbin/nologin hub
 
 COPY --from=builder /opt/venv /opt/venv
+# The installed package is root-owned, read-only for the hub user; /srv/hub holds only var/ (the
+# default SQLite database, writable) and the deploy scripts. Metrics of several workers go to a
+# private directory under /tmp (app/serve.py).
 WORKDIR /srv/hub
-# Every package of pyproject.toml's packages.find (tests/test_ops.py checks). Code and migrations
-# are root-owned, read-only for the hub user; only var/ (the default SQLite database) is writable.
-# Metrics of several workers go to a private directory under /tmp (app/serve.py).
-COPY app ./app
-COPY hubclient ./hubclient
-COPY alembic ./alembic
-COPY alembic.ini ./
 COPY deploy/entrypoint.sh deploy/healthcheck.py ./deploy/
 RUN chmod 0755 deploy/entrypoint.sh \
- && python -m compileall -q app hubclient \
+ && python -m compileall -q /opt/venv/lib \
  && mkdir -p var \
  && chown hub:hub var
 

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS     := clients/js
 
-.PHONY: run test test-deps system lint bench install clean
+.PHONY: run test test-deps system lint bench install wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,5 +51,11 @@ lint: install
 bench: install
 	$(BIN)/python -m bench
 
+# The installable package: dist/agent_hub-<version>-py3-none-any.whl (build/ is cleared first so
+# that no file removed from the tree lingers in the wheel).
+wheel: install
+	rm -rf build
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var build dist .pytest_cache .mypy_cache .ruff_cache

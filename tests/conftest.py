@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.tokens import mint
+from tests.support.package import InstalledHub, build_and_install
 from tests.support.redis_server import RedisServer
 from tests.support.server import HubProcess
 
@@ -63,6 +64,12 @@ def start_hub(workdir: Path) -> Iterator[Callable[..., HubProcess]]:
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def installed_hub(tmp_path_factory: pytest.TempPathFactory) -> InstalledHub:
+    """This tree built as a wheel and installed into a fresh virtualenv (once per session)."""
+    return build_and_install(tmp_path_factory.mktemp("package"))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import ssl
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import BASE_ENV, SECRET, make_token, redis_env
 from tests.support.client import attempt
+from tests.support.package import InstalledHub
 from tests.support.postgres import DEFAULT_PG_URL
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, HubProcess, free_port
@@ -185,26 +185,22 @@ ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
 
 
-def _entrypoint_env(tmp_path: Path, port: int) -> dict[str, str]:
-    bin_dir = Path(sys.executable).parent  # .venv/bin: where `hubctl` is
-    assert (bin_dir / "hubctl").exists(), f"no hubctl next to {sys.executable}"
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "PROMETHEUS_"))},
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        # As in the image (PYTHONPATH=/srv/hub): the source tree wins over any installed copy.
-        "PYTHONPATH": str(ROOT),
-        "HUB_JWT_SECRET": SECRET,
-        "HUB_HOST": "127.0.0.1",
-        "HUB_PORT": str(port),
-        "HUB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'hub.db'}",
-        "HUB_LOG_FORMAT": "json",
-    }
+def _entrypoint_env(installed: InstalledHub, tmp_path: Path, port: int) -> dict[str, str]:
+    # As in the image: the hub installed from its wheel, first on PATH, no source tree anywhere.
+    return installed.env(
+        HUB_JWT_SECRET=SECRET,
+        HUB_HOST="127.0.0.1",
+        HUB_PORT=str(port),
+        HUB_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'var' / 'hub.db'}",
+        HUB_LOG_FORMAT="json",
+    )
 
 
 @pytest.mark.slow
-async def test_entrypoint_migrates_then_serves(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)  # the first user of the session's wheel builds it
+async def test_entrypoint_migrates_then_serves(tmp_path: Path, installed_hub: InstalledHub) -> None:
     port = free_port()
-    env = _entrypoint_env(tmp_path, port)
+    env = _entrypoint_env(installed_hub, tmp_path, port)
     log_path = tmp_path / "entrypoint.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(ENTRYPOINT)], cwd=tmp_path, env=env, stdout=log,
@@ -219,9 +215,10 @@ async def test_entrypoint_migrates_then_serves(tmp_path: Path) -> None:
 
         wait_for(healthy, 30, "/healthz from the entrypoint's hub")
 
-        # `exec`: the shell is gone, hubctl itself gets the container's signals.
+        # `exec`: the shell is gone, the installed hubctl itself gets the container's signals.
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert any(arg.endswith(b"hubctl") for arg in cmdline) and b"serve" in cmdline, cmdline
+        hubctl = str(installed_hub.bin / "hubctl").encode()
+        assert hubctl in cmdline and b"serve" in cmdline, cmdline
 
         with sqlite3.connect(tmp_path / "var" / "hub.db") as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -231,7 +228,7 @@ async def test_entrypoint_migrates_then_serves(tmp_path: Path) -> None:
         assert outcome.accepted, outcome
 
         # The image's HEALTHCHECK command against this hub.
-        check = subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True,
+        check = subprocess.run(["python", str(HEALTHCHECK)], env=env, capture_output=True,
                                timeout=30, check=False)
         assert check.returncode == 0, check.stderr
     finally:
@@ -253,8 +250,9 @@ async def test_entrypoint_migrates_then_serves(tmp_path: Path) -> None:
     assert check.returncode == 1  # nothing listens any more
 
 
-def test_entrypoint_runs_a_given_command_instead(tmp_path: Path) -> None:
-    env = _entrypoint_env(tmp_path, free_port())
+@pytest.mark.timeout(900)
+def test_entrypoint_runs_a_given_command_instead(tmp_path: Path, installed_hub: InstalledHub) -> None:
+    env = _entrypoint_env(installed_hub, tmp_path, free_port())
     result = subprocess.run([str(ENTRYPOINT), "hubctl", "token", "--sub", "ops", "--role", "admin"],
                             cwd=tmp_path, env=env, capture_output=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
@@ -522,13 +520,17 @@ def test_dockerfile_copies_what_the_hub_needs() -> None:
             assert (ROOT / source).exists(), f"COPY of missing {source}"
             assert not _dockerignored(source, patterns), f"COPY of {source}, which .dockerignore drops"
             copied.add(source.rstrip("/"))
-    # Every package of the project (and the migrations `hubctl migrate` needs) reaches the image.
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
-        package = pattern.rstrip("*")
-        if (ROOT / package / "__init__.py").exists():
-            assert package in copied, f"the image lacks the {package} package"
-    assert {"alembic", "alembic.ini", "deploy/entrypoint.sh", "deploy/healthcheck.py"} <= copied
+    # The image runs the installed wheel: the builder builds and installs it; the runtime stage
+    # copies the venv and the deploy scripts only, and never puts a source tree on the path.
+    assert copied >= {"app", "hubclient", "alembic", "pyproject.toml"}  # into the builder's wheel
+    builder, runtime = _stages()[0], _stages()[-1]
+    runs = " ".join(args for kind, args in builder if kind == "RUN")
+    assert re.search(r"pip wheel .*--wheel-dir /wheels \.", runs) and "pip install --no-cache-dir /wheels/" in runs
+    runtime_copies = [args for kind, args in runtime if kind == "COPY"]
+    assert runtime_copies == ["--from=builder /opt/venv /opt/venv",
+                              "deploy/entrypoint.sh deploy/healthcheck.py ./deploy/"], runtime_copies
+    env = " ".join(args for kind, args in runtime if kind == "ENV")
+    assert "PYTHONPATH" not in env
 
 
 def test_dockerfile_mentions_the_server_choice() -> None:
