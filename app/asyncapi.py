@@ -86,8 +86,9 @@ def _type_of(model: type[BaseModel]) -> str:
 
 
 def _schema(model: type[BaseModel], server: bool, schemas: dict[str, Any]) -> dict[str, Any]:
-    mode = "serialization" if server else "validation"
-    schema = model.model_json_schema(by_alias=True, mode=mode, ref_template=REF)
+    schema = model.model_json_schema(
+        by_alias=True, mode="serialization" if server else "validation", ref_template=REF
+    )
     for name, definition in schema.pop("$defs", {}).items():
         schemas[name] = definition
     if server:

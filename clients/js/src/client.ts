@@ -191,7 +191,8 @@ export abstract class HubClient {
     if (socket) {
       socket.onmessage = null;
       socket.onclose = null;
-      socket.onerror = null;
+      // Closing a socket still connecting makes `ws` emit an error: keep it handled.
+      socket.onerror = () => { /* closed on purpose */ };
       try { socket.close(1000); } catch { /* already closing */ }
     }
   }
@@ -232,12 +233,13 @@ export abstract class HubClient {
     let refusal: { status: number; retryAfter: number | null } | null = null;
     const openTimer = setTimeout(() => { try { socket.close(4000, "welcome_timeout"); } catch { /* closing */ } }, this.options.openTimeout);
     // Node's `ws` lets a client read an HTTP refusal (and its Retry-After); browsers cannot.
-    const node = socket as unknown as { on?: (event: string, fn: (req: { destroy(): void }, res: { statusCode?: number; headers: Record<string, unknown> }) => void) => void };
+    // Closing it there makes `ws` end the attempt with a 1006 close, decided below by the status.
+    const node = socket as unknown as { on?: (event: string, fn: (req: unknown, res: { statusCode?: number; headers: Record<string, unknown> }) => void) => void };
     if (typeof node.on === "function") {
-      node.on("unexpected-response", (req, res) => {
+      node.on("unexpected-response", (_req, res) => {
         const header = res.headers["retry-after"];
         refusal = { status: res.statusCode ?? 0, retryAfter: parseRetryAfter(typeof header === "string" ? header : null) };
-        req.destroy();
+        try { socket.close(); } catch { /* closing */ }
       });
     }
     socket.onerror = () => { /* the close event follows and decides */ };
