@@ -113,16 +113,19 @@ def test_console_headers_are_strict(hub: HubProcess) -> None:
     }
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
-    # No inline script or style anywhere in the page: only the two same-origin files.
+    # No inline script or style anywhere in the page: only same-origin files (the console module,
+    # which imports the client's bundle).
     html = page.text
-    assert "<script src=\"/console/console.js\"" in html and "<style" not in html and " style=" not in html
+    assert '<script type="module" src="/console/console.js">' in html and "<style" not in html and " style=" not in html
     assert html.count("<script") == 1 and not re.search(r"\son[a-z]+\s*=", html)  # no handler attributes
-    for asset, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+    assert 'from "./hub-client.js"' in httpx.get(f"{hub.http}/console/console.js").text
+    for asset, kind in (("console.js", "text/javascript"), ("hub-client.js", "text/javascript"),
+                        ("console.css", "text/css")):
         response = httpx.get(f"{hub.http}/console/{asset}")
         assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
         assert response.headers["content-security-policy"] == page.headers["content-security-policy"]
         assert response.headers["x-content-type-options"] == "nosniff"
-    script = httpx.get(f"{hub.http}/console/console.js").text
+    script = httpx.get(f"{hub.http}/console/console.js").text + httpx.get(f"{hub.http}/console/hub-client.js").text
     for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
 

@@ -427,6 +427,7 @@ var HubClient = class {
     this.handle(message);
   }
   expiring(socket, message) {
+    this.emit("expiring", message);
     if (!this.options.refresh) return;
     const now = Date.now();
     const wait = Math.max(0, Math.min(this.lastRefreshAt + this.options.minRefreshInterval - now, message.seconds_left * 500));

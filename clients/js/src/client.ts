@@ -58,6 +58,8 @@ export interface CloseInfo {
 export interface ClientEvents {
   state: (state: ClientState) => void;
   welcome: (welcome: WelcomeMessage) => void;
+  /** The hub's `auth.expiring` (the client refreshes by itself unless `refresh: false`). */
+  expiring: (message: AuthExpiringMessage) => void;
   close: (info: CloseInfo) => void;
   refreshed: (expiresAt: number) => void;
   refreshFailed: (error: HubError) => void;
@@ -397,6 +399,7 @@ export abstract class HubClient {
   }
 
   private expiring(socket: SocketLike, message: AuthExpiringMessage): void {
+    this.emit("expiring", message);
     if (!this.options.refresh) return;
     const now = Date.now();
     const wait = Math.max(0, Math.min(this.lastRefreshAt + this.options.minRefreshInterval - now, message.seconds_left * 500));
