@@ -90,7 +90,9 @@ def _schema(model: type[BaseModel], server: bool, schemas: dict[str, Any]) -> di
         by_alias=True, mode="serialization" if server else "validation", ref_template=REF
     )
     for name, definition in schema.pop("$defs", {}).items():
-        schemas[name] = definition
+        if schemas.setdefault(name, definition) != definition:
+            # Each model's schema is generated on its own: one name must mean one shape.
+            raise ValueError(f"app/asyncapi.py: two different schemas are both named {name!r}")
     if server:
         # The server serialises every field (``encode`` drops nothing), so every one is present.
         schema["required"] = list(schema["properties"])

@@ -85,3 +85,8 @@ def test_retry_after_of_an_http_refusal_is_a_floor(js_built: Path, start_hub: Ca
 
 def test_asyncapi_is_valid_and_types_and_bundle_do_not_drift(js_built: Path, hub: HubProcess) -> None:
     run_node("asyncapi.test.mjs", {"HUB_HTTP": hub.http})
+
+
+def test_presence_snapshot_and_since_against_a_scripted_server(js_built: Path) -> None:
+    # No hub: the node test plays the v2 message forms from a scripted server on loopback.
+    run_node("fleet-forms.test.mjs", {})
