@@ -90,3 +90,7 @@ def test_asyncapi_is_valid_and_types_and_bundle_do_not_drift(js_built: Path, hub
 def test_presence_snapshot_and_since_against_a_scripted_server(js_built: Path) -> None:
     # No hub: the node test plays the v2 message forms from a scripted server on loopback.
     run_node("fleet-forms.test.mjs", {})
+
+
+def test_backoff_schedule_and_close_code_policy(js_built: Path) -> None:
+    run_node("backoff.test.mjs", {})

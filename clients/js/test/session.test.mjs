@@ -118,3 +118,15 @@ test("a refused refresh is reported typed and the session goes on", async () => 
   await dash.ping();
   assert.equal(dash.state, "connected");
 });
+
+test("a token shorter-lived than the hub's warning time does not start a refresh loop", async () => {
+  // The shared hub warns 60 s before expiry: every refreshed 30 s token is warned at once.
+  const getToken = provider("js-loop", OPERATOR, 30);
+  const dash = track(new DashboardClient({ url: HUB, WebSocket, getToken, minRefreshInterval: 1_000 }));
+  await dash.connect();
+  await until(() => dash.refreshes >= 1, "the first refresh");
+  await sleep(2_500);
+  // At most one refresh per second (without the guard: one per round trip, hundreds).
+  assert.ok(dash.refreshes <= 5, `${dash.refreshes} refreshes`);
+  assert.equal(dash.sessions, 1);
+});
