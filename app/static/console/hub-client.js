@@ -138,6 +138,7 @@ var HubClient = class {
     this.lastClose = null;
     const urls = typeof options.url === "string" ? [options.url] : [...options.url];
     if (!urls.length) throw new TypeError("at least one URL is needed");
+    for (const url of urls) resolveUrl(url, "/");
     this.urls = urls;
     const Socket = options.WebSocket ?? globalThis.WebSocket;
     if (!Socket) throw new TypeError("no WebSocket here: pass options.WebSocket (in Node 20, the ws package)");

@@ -115,6 +115,7 @@ export abstract class HubClient {
   constructor(options: ClientOptions) {
     const urls = typeof options.url === "string" ? [options.url] : [...options.url];
     if (!urls.length) throw new TypeError("at least one URL is needed");
+    for (const url of urls) resolveUrl(url, "/"); // a bad URL throws here, not in the loop
     this.urls = urls;
     const Socket = options.WebSocket ?? (globalThis as { WebSocket?: SocketConstructor }).WebSocket;
     if (!Socket) throw new TypeError("no WebSocket here: pass options.WebSocket (in Node 20, the ws package)");

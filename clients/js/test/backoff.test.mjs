@@ -30,3 +30,12 @@ test("the policy by close code and HTTP status", () => {
   assert.deepEqual(decideStatus(429, 3_000), { action: "backoff", retryAfter: 3_000, minDelay: 0 });
   assert.throws(() => new Backoff({ base: 0 }), RangeError);
 });
+
+test("a URL that is not ws:// or wss:// is refused at construction", async () => {
+  const { DashboardClient } = await import("../dist/index.js");
+  const WebSocket = class {};
+  assert.throws(() => new DashboardClient({ url: "http://127.0.0.1:1", WebSocket, getToken: () => "t" }), TypeError);
+  assert.throws(() => new DashboardClient({ url: [], WebSocket, getToken: () => "t" }), TypeError);
+  const ok = new DashboardClient({ url: "ws://127.0.0.1:1", WebSocket, getToken: () => "t" });
+  assert.equal(ok.url, "ws://127.0.0.1:1/ws/dashboard");
+});
