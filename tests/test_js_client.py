@@ -37,12 +37,14 @@ def _node() -> str:
 
 @pytest.fixture(scope="session")
 def js_built() -> Path:
-    """Compile the client to clients/js/dist with tsc (strict) once per session."""
+    """Compile the client to clients/js/dist with tsc (strict) once per session, and type-check
+    test/usage.ts (how a dashboard author uses the public types)."""
     node = _node()
     tsc = JS / "node_modules" / "typescript" / "bin" / "tsc"
-    done = subprocess.run([node, str(tsc), "-p", "tsconfig.json"], check=False, cwd=JS, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    for project in ("tsconfig.json", "tsconfig.test.json"):
+        done = subprocess.run([node, str(tsc), "-p", project], check=False, cwd=JS, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"tsc -p {project}:\n{done.stdout}{done.stderr}"
     return JS / "dist"
 
 
