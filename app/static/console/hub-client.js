@@ -110,6 +110,40 @@ function commandError(code, message) {
   return new Kind(code, message);
 }
 
+// src/options.ts
+var MAX_BODY = 4096;
+function readHttpRefusal(socket, found) {
+  const node = socket;
+  if (typeof node.on !== "function") return;
+  node.on("unexpected-response", (_req, res) => {
+    let body = "";
+    res.on("data", (chunk) => {
+      if (body.length < MAX_BODY) body += String(chunk);
+    });
+    res.on("end", () => {
+      const header = res.headers["retry-after"];
+      let code = "";
+      try {
+        const parsed = JSON.parse(body);
+        const error = parsed && typeof parsed === "object" ? parsed.error : void 0;
+        if (typeof error === "string") code = error;
+      } catch {
+      }
+      found({ status: res.statusCode ?? 0, retryAfter: parseRetryAfter(typeof header === "string" ? header : null), code });
+      try {
+        socket.close();
+      } catch {
+      }
+    });
+  });
+}
+function resolveUrl(url, endpoint) {
+  const parsed = new URL(url);
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") throw new TypeError(`not a ws:// or wss:// URL: ${url}`);
+  if (parsed.pathname === "" || parsed.pathname === "/") parsed.pathname = endpoint;
+  return parsed.toString();
+}
+
 // src/client.ts
 var SUBPROTOCOL = "hub.v1";
 var OPEN = 1;
@@ -263,17 +297,9 @@ var HubClient = class {
       } catch {
       }
     }, this.options.openTimeout);
-    const node = socket;
-    if (typeof node.on === "function") {
-      node.on("unexpected-response", (_req, res) => {
-        const header = res.headers["retry-after"];
-        refusal = { status: res.statusCode ?? 0, retryAfter: parseRetryAfter(typeof header === "string" ? header : null) };
-        try {
-          socket.close();
-        } catch {
-        }
-      });
-    }
+    readHttpRefusal(socket, (read) => {
+      refusal = read;
+    });
     socket.onerror = () => {
     };
     socket.onmessage = (event) => {
@@ -309,7 +335,7 @@ var HubClient = class {
       if (this.stateValue === "closed") return;
       const http = refusal;
       if (http) {
-        this.ended(null, "", http.status, false, decideStatus(http.status, http.retryAfter));
+        this.ended(null, http.code, http.status, false, decideStatus(http.status, http.retryAfter));
       } else {
         if (event.code === 1006 || event.code === 1005) this.rotate();
         this.ended(event.code, event.reason, null, established, decideClose(event.code));
@@ -473,12 +499,6 @@ var HubClient = class {
   disconnected() {
   }
 };
-function resolveUrl(url, endpoint) {
-  const parsed = new URL(url);
-  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") throw new TypeError(`not a ws:// or wss:// URL: ${url}`);
-  if (parsed.pathname === "" || parsed.pathname === "/") parsed.pathname = endpoint;
-  return parsed.toString();
-}
 
 // src/agent.ts
 var AgentClient = class extends HubClient {

@@ -1,5 +1,6 @@
 // The agent client: answer commands with a handler, emit events.
-import { HubClient, type ClientOptions } from "./client.js";
+import { HubClient } from "./client.js";
+import type { ClientOptions } from "./options.js";
 import type { CommandDeliveryMessage, JsonValue, ServerMessage } from "./messages.js";
 
 /** `(commandId, fromSub, payload) => result payload`. A throw is answered

@@ -1,70 +1,13 @@
 // The connection loop shared by dashboards and agents: connect with the token in the subprotocol,
 // read every frame, refresh in-band on `auth.expiring`, reconnect by the policy of backoff.ts
 // (rotating through the URLs) until closed or the hub ends the session for good.
-import { Backoff, type BackoffOptions, type Decision, decideClose, decideStatus, parseRetryAfter } from "./backoff.js";
+import { Backoff, type Decision, decideClose, decideStatus } from "./backoff.js";
 import { commandError, ConnectionLost, HubError, HubTimeoutError, NotConnected, SessionTerminated } from "./errors.js";
 import type { AuthExpiringMessage, ServerMessage, WelcomeMessage } from "./messages.js";
-
-/** What the client needs of a WebSocket: the browser's, or the `ws` package's in Node. */
-export interface SocketLike {
-  readonly readyState: number;
-  readonly protocol: string;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-}
-export type SocketConstructor = new (url: string, protocols: string[]) => SocketLike;
-
-/** Returns a fresh access token; called before every connection attempt and for every refresh. */
-export type TokenProvider = () => Promise<string> | string;
-
-export type ClientState = "idle" | "connecting" | "connected" | "closed";
-
-export interface ClientOptions {
-  /** `ws(s)://host:port` (the endpoint path is added) or a full endpoint URL, or several: the
-   * client moves to the next on 1012 and when a server is unreachable. */
-  url: string | readonly string[];
-  getToken: TokenProvider;
-  /** The WebSocket constructor (default `globalThis.WebSocket`; in Node 20 pass `ws`'s). */
-  WebSocket?: SocketConstructor;
-  backoff?: BackoffOptions;
-  /** Answer `auth.expiring` with `auth.refresh` (default true). */
-  refresh?: boolean;
-  /** Handshakes refused with 4401 in a row before giving up (default 3). */
-  maxAuthFailures?: number;
-  /** ms for the handshake and the `welcome` (default 10 000). */
-  openTimeout?: number;
-  /** Upper bound of the random pause before reconnecting after 1012, ms (default 250). */
-  restartJitter?: number;
-  /** Fewest ms between two in-band refreshes, so a token shorter-lived than the hub's warning
-   * time cannot start a refresh loop (default 1 000). */
-  minRefreshInterval?: number;
-}
-
-/** How a session (or an attempt) ended, and what the client does next. */
-export interface CloseInfo {
-  readonly code: number | null;
-  readonly reason: string;
-  /** HTTP status of a refused handshake, where the runtime exposes it (Node's `ws`), else null. */
-  readonly status: number | null;
-  readonly established: boolean;
-  readonly action: Decision["action"];
-  /** ms until the next attempt; null when the client stops. */
-  readonly delay: number | null;
-}
-
-export interface ClientEvents {
-  state: (state: ClientState) => void;
-  welcome: (welcome: WelcomeMessage) => void;
-  /** The hub's `auth.expiring` (the client refreshes by itself unless `refresh: false`). */
-  expiring: (message: AuthExpiringMessage) => void;
-  close: (info: CloseInfo) => void;
-  refreshed: (expiresAt: number) => void;
-  refreshFailed: (error: HubError) => void;
-  terminated: (error: SessionTerminated) => void;
-}
+import {
+  type ClientEvents, type ClientOptions, type ClientState, type CloseInfo, type HttpRefusal, readHttpRefusal,
+  resolveUrl, type SocketConstructor, type SocketLike,
+} from "./options.js";
 
 const SUBPROTOCOL = "hub.v1";
 const OPEN = 1;
@@ -233,18 +176,9 @@ export abstract class HubClient {
   private run(socket: SocketLike): void {
     this.live = socket;
     let established = false;
-    let refusal: { status: number; retryAfter: number | null } | null = null;
+    let refusal: HttpRefusal | null = null;
     const openTimer = setTimeout(() => { try { socket.close(4000, "welcome_timeout"); } catch { /* closing */ } }, this.options.openTimeout);
-    // Node's `ws` lets a client read an HTTP refusal (and its Retry-After); browsers cannot.
-    // Closing it there makes `ws` end the attempt with a 1006 close, decided below by the status.
-    const node = socket as unknown as { on?: (event: string, fn: (req: unknown, res: { statusCode?: number; headers: Record<string, unknown> }) => void) => void };
-    if (typeof node.on === "function") {
-      node.on("unexpected-response", (_req, res) => {
-        const header = res.headers["retry-after"];
-        refusal = { status: res.statusCode ?? 0, retryAfter: parseRetryAfter(typeof header === "string" ? header : null) };
-        try { socket.close(); } catch { /* closing */ }
-      });
-    }
+    readHttpRefusal(socket, (read) => { refusal = read; });
     socket.onerror = () => { /* the close event follows and decides */ };
     socket.onmessage = (event) => {
       if (typeof event.data !== "string") return;
@@ -271,9 +205,9 @@ export abstract class HubClient {
       this.failWaiters();
       if (established) this.disconnected();
       if (this.stateValue === "closed") return;
-      const http = refusal as { status: number; retryAfter: number | null } | null;
+      const http = refusal as HttpRefusal | null;
       if (http) {
-        this.ended(null, "", http.status, false, decideStatus(http.status, http.retryAfter));
+        this.ended(null, http.code, http.status, false, decideStatus(http.status, http.retryAfter));
       } else {
         if (event.code === 1006 || event.code === 1005) this.rotate();
         this.ended(event.code, event.reason, null, established, decideClose(event.code));
@@ -447,12 +381,4 @@ export abstract class HubClient {
   protected handle(_message: ServerMessage): void { /* hook */ }
   /** A session ended (subclasses fail what waited on it). */
   protected disconnected(): void { /* hook */ }
-}
-
-/** `ws://host:port` (no path) becomes `ws://host:port/ws/<endpoint>`. */
-export function resolveUrl(url: string, endpoint: string): string {
-  const parsed = new URL(url);
-  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") throw new TypeError(`not a ws:// or wss:// URL: ${url}`);
-  if (parsed.pathname === "" || parsed.pathname === "/") parsed.pathname = endpoint;
-  return parsed.toString();
 }

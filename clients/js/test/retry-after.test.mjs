@@ -14,7 +14,7 @@ test("a 429 with Retry-After delays the next attempt by at least that long", asy
     const close = next(second, "close");
     second.connect().catch(() => {});
     const info = await close;
-    assert.deepEqual([info.status, info.code, info.action], [429, null, "backoff"]);
+    assert.deepEqual([info.status, info.code, info.reason, info.action], [429, null, "rate_limited", "backoff"]);
     // The backoff alone would be ≤ 20 ms; the hub's Retry-After (seconds) is the floor.
     assert.ok(info.delay >= 1000, `delay ${info.delay} ms`);
     assert.equal(second.state, "connecting");
