@@ -1,9 +1,10 @@
-"""``GET /console``: the operators' browser console, one static page (no build step).
+"""``GET /console``: the operators' browser console, a static page built on the TypeScript client.
 
-The page, its script and its style sheet are read from ``app/static/console`` once, at import, and
-served with a strict Content-Security-Policy: the page may load only its own script and style
-sheet and open a WebSocket to its own origin; nothing inline, no images, no frames, no forms
-posted anywhere. The page takes its token from the operator (pasted) and never stores it.
+The page, its module script, the client's bundle (``hub-client.js``, built from clients/js and
+committed, so serving needs no npm) and its style sheet are read from ``app/static/console`` once,
+at import, and served with a strict Content-Security-Policy: the page may load only its own
+scripts and style sheet and open a WebSocket to its own origin; nothing inline, no images, no
+frames, no forms posted anywhere. The page takes its token from the operator (pasted) and never stores it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SECURITY_HEADERS = {
 _FILES = {
     "index.html": "text/html; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
+    "hub-client.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
 }
 _BODIES = {name: (STATIC / name).read_bytes() for name in _FILES}
@@ -58,6 +60,11 @@ async def console_page() -> Response:
 @router.get("/console/console.js")
 async def console_script() -> Response:
     return _serve("console.js")
+
+
+@router.get("/console/hub-client.js")
+async def console_client() -> Response:
+    return _serve("hub-client.js")
 
 
 @router.get("/console/console.css")

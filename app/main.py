@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from app.admin import router as admin_router
+from app.asyncapi import router as asyncapi_router
 from app.config import Settings, SettingsError, load_settings
 from app.console import router as console_router
 from app.endpoints import refuse, unavailable
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ws_router)
     app.include_router(admin_router)
     app.include_router(console_router)
+    app.include_router(asyncapi_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+import websockets
 
 from hubclient import connect_agent
 from tests.conftest import make_token
@@ -113,16 +114,19 @@ def test_console_headers_are_strict(hub: HubProcess) -> None:
     }
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
-    # No inline script or style anywhere in the page: only the two same-origin files.
+    # No inline script or style anywhere in the page: only same-origin files (the console module,
+    # which imports the client's bundle).
     html = page.text
-    assert "<script src=\"/console/console.js\"" in html and "<style" not in html and " style=" not in html
+    assert '<script type="module" src="/console/console.js">' in html and "<style" not in html and " style=" not in html
     assert html.count("<script") == 1 and not re.search(r"\son[a-z]+\s*=", html)  # no handler attributes
-    for asset, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+    assert 'from "./hub-client.js"' in httpx.get(f"{hub.http}/console/console.js").text
+    for asset, kind in (("console.js", "text/javascript"), ("hub-client.js", "text/javascript"),
+                        ("console.css", "text/css")):
         response = httpx.get(f"{hub.http}/console/{asset}")
         assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
         assert response.headers["content-security-policy"] == page.headers["content-security-policy"]
         assert response.headers["x-content-type-options"] == "nosniff"
-    script = httpx.get(f"{hub.http}/console/console.js").text
+    script = httpx.get(f"{hub.http}/console/console.js").text + httpx.get(f"{hub.http}/console/hub-client.js").text
     for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
 
@@ -201,3 +205,84 @@ async def test_console_refreshes_in_band_past_the_first_tokens_expiry(
     assert await console.page.get_attribute("#status", "data-connection") == connection
     assert "expired" not in (await console.page.text_content("#notice") or "")
     console.assert_no_csp_violation()
+
+
+async def test_console_stops_on_a_final_refusal_4403(context: BrowserContext, hub: HubProcess) -> None:
+    console = await Console.open(context, hub)
+    # An agent's token on the dashboard: refused role_forbidden, read by the page as close 4403.
+    await console.connect(make_token("console-wrong-role", ["agent"]))
+    await console.wait_text("#notice", "Your token's roles do not allow the dashboard")
+    assert await console.page.get_attribute("#status", "data-close") == "4403 role_forbidden"
+    await asyncio.sleep(2)  # several backoff periods: a final refusal is never retried
+    assert await console.page.text_content("#status") == "disconnected"
+    attempts = [line for line in hub.log_text().splitlines()
+                if "auth_failed" in line and "console-wrong-role" in line]
+    assert len(attempts) == 1, attempts
+    console.assert_no_csp_violation()
+
+
+async def test_console_waits_for_its_operator_on_connection_limit_4429(
+    context: BrowserContext, start_hub: Callable[..., HubProcess]
+) -> None:
+    limited = start_hub({"HUB_MAX_CONNECTIONS_PER_USER": "1"}, name="console-limit")
+    console = await Console.open(context, limited)
+    token = make_token("console-one-slot", OPERATOR)
+    async with websockets.connect(f"{limited.url}/ws/dashboard",
+                                  additional_headers={"Authorization": f"Bearer {token}"}) as other_tab:
+        await other_tab.recv()  # welcome: the user's only slot is taken
+        await console.connect(token)
+        await console.wait_text("#notice", "You already have the maximum number of connections open")
+        assert await console.page.get_attribute("#status", "data-close") == "4429 connection_limit"
+        assert await console.page.text_content("#status") == "disconnected"
+    # The slot is free again; the operator connects on purpose.
+    await console.connect(token)
+    await console.wait_text("#status", "connected")
+    console.assert_no_csp_violation()
+
+
+async def test_console_asks_for_a_new_token_when_the_session_expires_4401(
+    context: BrowserContext, hub: HubProcess
+) -> None:
+    console = await Console.open(context, hub)
+    await console.connect(make_token("console-expiring", OPERATOR, ttl=3))
+    await console.wait_text("#status", "connected")
+    await console.wait_text("#notice", "Your token has expired — paste a new one", timeout=15_000)
+    assert await console.page.get_attribute("#status", "data-close") == "4401 token_expired"
+    assert await console.page.text_content("#status") == "disconnected"
+    console.assert_no_csp_violation()
+
+
+FLEET = 1000
+
+
+async def test_console_watches_a_thousand_agents(
+    context: BrowserContext, start_hub: Callable[..., HubProcess]
+) -> None:
+    # The send queue holds the presence burst of subscribe "*" on this hub version; with the
+    # presence.snapshot form (contract v2, "Subscribing to many agents") the default suffices.
+    fleet_hub = start_hub({"HUB_SEND_QUEUE_SIZE": str(4 * FLEET)}, name="console-fleet")
+    url = f"{fleet_hub.url}/ws/agent"
+    semaphore = asyncio.Semaphore(100)
+
+    async def agent(i: int) -> websockets.ClientConnection:
+        async with semaphore:
+            ws = await websockets.connect(url, open_timeout=30, ping_interval=None, additional_headers={
+                "Authorization": f"Bearer {make_token(f'fleet-{i:04d}', ['agent'])}"})
+            await ws.recv()  # welcome
+            return ws
+
+    agents = await asyncio.gather(*(agent(i) for i in range(FLEET)))
+    try:
+        console = await Console.open(context, fleet_hub)
+        await console.connect(make_token("console-fleet-op", OPERATOR))
+        await console.wait_text("#agent-count", f"{FLEET} online of {FLEET}", timeout=60_000)
+        assert await console.page.locator("#agents tbody tr").count() == FLEET
+        await agents[7].close()
+        await console.wait_text("#agent-count", f"{FLEET - 1} online of {FLEET}", timeout=20_000)
+        await console.wait_text('tr[data-agent="fleet-0007"]', "offline")
+        assert await console.page.text_content("#status") == "connected"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await console.page.screenshot(path=str(ARTIFACTS / "console-fleet.png"))
+        console.assert_no_csp_violation()
+    finally:
+        await asyncio.gather(*(ws.close() for ws in agents), return_exceptions=True)
