@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.redis]
 PROXY = "127.0.0.1/32"
 BANNED = "127.0.0.66"
 PER_IP_LIMIT = 8
+PING_INTERVAL = 20  # the hub's default, written out: the idle test waits longer than this
 
 
 class Stack:
@@ -90,7 +91,8 @@ def _tls(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
 def _start_stack(directory: Path, redis_url: str, **extra: str) -> tuple[Nginx, list[HubProcess], Stack]:
     certfile, keyfile, trust = _tls(directory)
     env = {**BASE_ENV, **redis_env(redis_url), "HUB_TRUSTED_PROXIES": PROXY,
-           "HUB_BANNED_CIDRS": f"{BANNED}/32", "HUB_CONNECT_RATE_PER_IP": str(PER_IP_LIMIT), **extra}
+           "HUB_BANNED_CIDRS": f"{BANNED}/32", "HUB_CONNECT_RATE_PER_IP": str(PER_IP_LIMIT),
+           "HUB_PING_INTERVAL_SECONDS": str(PING_INTERVAL), **extra}
     hubs: list[HubProcess] = []
     nginx: Nginx | None = None
     try:
@@ -187,11 +189,12 @@ async def test_proxy_hides_metrics_and_admin(stack: Stack) -> None:
 
 @pytest.mark.slow
 async def test_idle_socket_outlives_every_proxy_timeout_below_the_ping_interval(stack: Stack) -> None:
-    """The client sends nothing (its own pings off): only the hub's pings, every 20 s, cross the
-    proxy. A proxy timeout shorter than that would cut the socket during the wait."""
+    """The client sends nothing (its own pings off): only the hub's pings, every PING_INTERVAL
+    seconds, cross the proxy. A proxy timeout shorter than that would cut the socket during the
+    wait."""
     ws = await stack.open("127.0.0.17", "px-idle", ping_interval=None)
     try:
-        await asyncio.sleep(25)
+        await asyncio.sleep(PING_INTERVAL + 5)
         await ws.send(json.dumps({"type": "ping", "id": "still-there"}))
         pong = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert pong["type"] == "pong" and pong["ref"] == "still-there", pong
