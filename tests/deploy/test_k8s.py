@@ -30,6 +30,8 @@ from tests.support.server import ROOT, free_port
 
 K8S = ROOT / "deploy" / "k8s"
 SERVICEMONITOR_SCHEMA = Path(__file__).parent / "servicemonitor.schema.json"
+PROMETHEUSRULE_SCHEMA = Path(__file__).parent / "prometheusrule.schema.json"
+RULES = ROOT / "deploy" / "prometheus" / "hub-rules.yml"
 # The oldest Kubernetes these manifests are for, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 
@@ -70,14 +72,14 @@ def test_every_manifest_is_valid_for_the_kubernetes_api(version: str) -> None:
     for name, doc in _documents():
         kinds.add(doc["kind"])
         if doc["apiVersion"] == "monitoring.coreos.com/v1":
-            continue  # a custom resource: the next test
+            continue  # custom resources: the tests below
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{name}: {doc['kind']} invalid for Kubernetes {version} at {path}: {exc.message}")
     assert kinds == {"ConfigMap", "Secret", "Job", "Deployment", "Service", "PodDisruptionBudget",
-                     "HorizontalPodAutoscaler", "ServiceMonitor"}
+                     "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
 
 
 def test_the_validator_refuses_what_the_api_server_would() -> None:
@@ -106,8 +108,19 @@ def test_servicemonitor_is_valid_and_selects_the_service() -> None:
         assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
     # The rules select job="agent-hub": without jobLabel, the job is the Service's name.
     assert "jobLabel" not in monitor["spec"] and service["metadata"]["name"] == "agent-hub"
-    rules = (ROOT / "deploy" / "prometheus" / "hub-rules.yml").read_text()
-    assert 'up{job="agent-hub"}' in rules
+    assert 'up{job="agent-hub"}' in RULES.read_text()
+
+
+def test_prometheusrule_is_valid_and_carries_the_tested_rules() -> None:
+    """The operator's copy of deploy/prometheus/hub-rules.yml (which promtool tests) is the same."""
+    rule = _by_kind()["PrometheusRule"]
+    schema = json.loads(PROMETHEUSRULE_SCHEMA.read_text())
+    jsonschema.validate(rule, schema)
+    broken = json.loads(json.dumps(rule))
+    broken["spec"]["groups"][1]["rules"][0]["fo"] = "2m"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
 
 
 def test_pods_are_probed_drained_and_locked_down() -> None:
