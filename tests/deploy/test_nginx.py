@@ -20,12 +20,14 @@ import httpx
 import pytest
 import trustme
 import websockets
+import yaml
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import BASE_ENV, make_token, redis_env
 from tests.support.client import Outcome, attempt
-from tests.support.nginx import Nginx
+from tests.support.nginx import CERT_PATH, KEY_PATH, Nginx
 from tests.support.server import ROOT, HubProcess
+from tests.test_metrics import wait_for
 
 pytestmark = [pytest.mark.redis]
 
@@ -138,6 +140,7 @@ async def test_wss_handshake_by_header_and_by_subprotocol(stack: Stack) -> None:
 async def test_hub_sees_the_client_address_behind_the_proxy(stack: Stack) -> None:
     ws = await stack.open("127.0.0.12", "px-address")
     await ws.close()
+    wait_for(lambda: bool(stack.connected_from("px-address")), what="the hub's ws.connected line")
     assert stack.connected_from("px-address") == {"127.0.0.12"}
 
 
@@ -152,6 +155,7 @@ async def test_ban_of_the_client_address_works_through_the_proxy(stack: Stack) -
     framing = await stack.attempt("127.0.0.13", token=make_token("px-framing"),
                                   headers={"X-Forwarded-For": BANNED})
     assert framing.accepted, framing
+    wait_for(lambda: bool(stack.connected_from("px-framing")), what="the hub's ws.connected line")
     assert stack.connected_from("px-framing") == {"127.0.0.13"}
 
 
@@ -171,7 +175,8 @@ async def test_query_token_stays_out_of_the_proxy_log(stack: Stack) -> None:
     token = make_token("px-query")
     outcome = await stack.attempt("127.0.0.16", token=token, transport="query")
     assert outcome.accepted, outcome
-    await asyncio.sleep(0.2)  # nginx writes the access line when the connection ends
+    # nginx writes the access line when the connection ends.
+    wait_for(lambda: "127.0.0.16" in stack.nginx.access(), what="nginx's access line")
     access = stack.nginx.access()
     assert "/ws/agent" in access and "127.0.0.16" in access
     assert token not in access and token.split(".")[2] not in access
@@ -245,6 +250,14 @@ async def test_sigtermed_hub_clients_reconnect_through_the_proxy_to_the_other_hu
 def test_compose_dev_certificate_loads_in_nginx(tmp_path: Path) -> None:
     """docker-compose.yml's `tls-cert` service makes nginx's certificate: the same script, and
     nginx accepts the pair it writes."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    maker, proxy_service = services["tls-cert"], services["nginx"]
+    mounted = dict(volume.split(":")[:2] for volume in maker["volumes"])
+    script = mounted["./deploy/dev-cert.py"]
+    assert [*maker["entrypoint"], *maker["command"]] == ["python", script, mounted["nginx-tls"]]
+    assert "nginx-tls:/etc/nginx/tls:ro" in proxy_service["volumes"]
+    assert str(Path(CERT_PATH).parent) == "/etc/nginx/tls" and str(Path(KEY_PATH).parent) == "/etc/nginx/tls"
+    assert proxy_service["depends_on"]["tls-cert"]["condition"] == "service_completed_successfully"
     tls = tmp_path / "tls"
     subprocess.run([sys.executable, str(ROOT / "deploy" / "dev-cert.py"), str(tls)], check=True,
                    timeout=60, capture_output=True)
