@@ -209,6 +209,7 @@ def test_configmap_and_secret_are_hub_settings(monkeypatch: pytest.MonkeyPatch, 
     assert settings.engine_name == "redis" and settings.workers == int(env["HUB_WORKERS"])
 
 
+@pytest.mark.redis
 async def test_the_pods_command_serves_with_these_settings_and_answers_its_probes(tmp_path: Path) -> None:
     """The Job's and the Deployment's commands as processes, with the ConfigMap and Secret as their
     environment (addresses pointed at this machine: a throwaway Redis, SQLite, loopback), probed on
