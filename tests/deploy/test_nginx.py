@@ -12,6 +12,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ import pytest
 import trustme
 import websockets
 import yaml
+from jose import jws
 from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import BASE_ENV, make_token, redis_env
+from tests.conftest import BASE_ENV, SECRET, make_token, redis_env
 from tests.support.client import Outcome, attempt
 from tests.support.nginx import CERT_PATH, KEY_PATH, Nginx
 from tests.support.server import ROOT, HubProcess
@@ -169,6 +171,34 @@ async def test_per_ip_limit_counts_each_client_behind_the_proxy(stack: Stack) ->
     # Another client behind the same proxy is not throttled by its neighbour.
     neighbour = await stack.attempt("127.0.0.15", token=make_token("px-rate-neighbour"))
     assert neighbour.accepted, neighbour
+
+
+def _token_of_length(sub: str, length: int) -> str:
+    """A valid token exactly ``length`` bytes long (an unknown claim pads it)."""
+    claims = {"sub": sub, "roles": ["agent"], "iat": int(time.time()), "exp": int(time.time()) + 300,
+              "pad": ""}
+    base = len(jws.sign(json.dumps(claims).encode(), SECRET, algorithm="HS256"))
+    # base64url: every 3 bytes of JSON are 4 characters of token.
+    claims["pad"] = "x" * ((length - base) * 3 // 4)
+    token = str(jws.sign(json.dumps(claims).encode(), SECRET, algorithm="HS256"))
+    while len(token) < length:
+        claims["pad"] += "x"
+        token = str(jws.sign(json.dumps(claims).encode(), SECRET, algorithm="HS256"))
+    assert len(token) == length, len(token)
+    return token
+
+
+async def test_header_limits_pass_the_largest_token_and_stop_larger_heads(stack: Stack) -> None:
+    """nginx's header buffers fit a token of HUB_MAX_TOKEN_BYTES (8192) in either transport; a
+    request head far beyond that stops at nginx, which answers it."""
+    largest = _token_of_length("px-large", 8192)
+    by_header = await stack.attempt("127.0.0.19", token=largest)
+    assert by_header.accepted, by_header
+    by_protocol = await stack.attempt("127.0.0.19", token=largest, transport="subprotocol")
+    assert by_protocol.accepted, by_protocol
+    huge = await stack.attempt("127.0.0.19", token=make_token("px-huge"),
+                               headers={"X-Padding": "x" * 20_000})
+    assert huge.status == 400 and huge.body is None, huge  # nginx's own page, not the hub's JSON
 
 
 async def test_query_token_stays_out_of_the_proxy_log(stack: Stack) -> None:
