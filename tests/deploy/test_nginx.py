@@ -94,7 +94,10 @@ def _tls(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
 
 def _start_stack(directory: Path, redis_url: str, **extra: str) -> tuple[Nginx, list[HubProcess], Stack]:
     certfile, keyfile, trust = _tls(directory)
+    # One database for both hubs (SQLite serves several processes on one host), as in production:
+    # an operator's ban is stored once and every hub reloads it.
     env = {**BASE_ENV, **redis_env(redis_url), "HUB_TRUSTED_PROXIES": PROXY,
+           "HUB_DATABASE_URL": f"sqlite+aiosqlite:///{directory / 'hubs.db'}",
            "HUB_BANNED_CIDRS": f"{BANNED}/32", "HUB_CONNECT_RATE_PER_IP": str(PER_IP_LIMIT),
            "HUB_PING_INTERVAL_SECONDS": str(PING_INTERVAL), **extra}
     hubs: list[HubProcess] = []
@@ -159,6 +162,31 @@ async def test_ban_of_the_client_address_works_through_the_proxy(stack: Stack) -
     assert framing.accepted, framing
     wait_for(lambda: bool(stack.connected_from("px-framing")), what="the hub's ws.connected line")
     assert stack.connected_from("px-framing") == {"127.0.0.13"}
+
+
+async def test_operator_ban_closes_that_clients_sockets_behind_the_proxy(stack: Stack) -> None:
+    """A ban made through the admin API (on one hub's own port) closes the live sockets of that
+    client address on every hub, and only those: each socket knows its client, not the proxy."""
+    target = [await stack.open("127.0.0.20", f"px-op-ban-{i}") for i in range(2)]
+    bystander = await stack.open("127.0.0.21", "px-op-bystander")
+    holders = [{e["sub"] for e in connected(hub)} & {"px-op-ban-0", "px-op-ban-1"} for hub in stack.hubs]
+    assert all(holders), f"least_conn puts one on each hub: {holders}"
+    admin = make_token("px-admin", ["admin"])
+    response = httpx.post(f"{stack.hubs[0].http}/admin/bans", timeout=5,
+                          headers={"Authorization": f"Bearer {admin}"},
+                          json={"cidr": "127.0.0.20/32", "reason": "proxy test"})
+    assert response.status_code == 201, response.text
+    for ws in target:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4403, "ip_banned")
+    refused = await stack.attempt("127.0.0.20", token=make_token("px-op-ban-again"))
+    assert (refused.status, refused.code) == (403, "ip_banned"), refused
+    await bystander.send(json.dumps({"type": "ping", "id": "bystander"}))
+    assert json.loads(await asyncio.wait_for(bystander.recv(), 5))["ref"] == "bystander"
+    await bystander.close()
 
 
 async def test_per_ip_limit_counts_each_client_behind_the_proxy(stack: Stack) -> None:
