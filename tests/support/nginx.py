@@ -88,21 +88,25 @@ class Nginx:
         assert result.returncode == 0, result.stderr.decode(errors="replace")
 
     def start(self, timeout: float = 10.0) -> Nginx:
-        self.check()
-        with self.access_log.open("ab") as out, self.error_log.open("ab") as err:
-            self.process = subprocess.Popen(self._command("-g", "daemon off;"), stdout=out, stderr=err,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.errors()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.https_port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen within {timeout}s: {self.errors()}")
+        """Start and wait until it listens; on any failure nothing is left behind."""
+        try:
+            self.check()
+            with self.access_log.open("ab") as out, self.error_log.open("ab") as err:
+                self.process = subprocess.Popen(self._command("-g", "daemon off;"), stdout=out,
+                                                stderr=err, start_new_session=True)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"nginx exited with {self.process.returncode}: {self.errors()}")
+                try:
+                    with socket.create_connection(("127.0.0.1", self.https_port), timeout=0.5):
+                        return self
+                except OSError:
+                    time.sleep(0.05)
+            raise RuntimeError(f"nginx did not listen within {timeout}s: {self.errors()}")
+        except BaseException:
+            self.stop()
+            raise
 
     def errors(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
