@@ -3,6 +3,7 @@ from the environment the first time a server asks for it (no settings exist at i
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from app import metrics
 from app.admin import router as admin_router
 from app.asyncapi import router as asyncapi_router
 from app.config import Settings, SettingsError, load_settings
@@ -22,7 +24,6 @@ from app.endpoints import router as ws_router
 from app.engine import EngineUnavailable
 from app.handshake import HandshakeRefused
 from app.logs import configure_logging, get_logger, install_redaction
-from app.metrics import render as render_metrics
 from app.preflight import StartupError
 from app.runtime import Runtime
 
@@ -75,16 +76,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    async def check_readiness() -> tuple[bool, bool]:
+        runtime: Runtime = app.state.runtime
+        engine_ok, store_ok = await asyncio.gather(runtime.engine.ping(), runtime.store.ping())
+        metrics.DEPENDENCY_UP.labels("engine").set(int(engine_ok))
+        metrics.DEPENDENCY_UP.labels("database").set(int(store_ok))
+        return engine_ok, store_ok
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        body, content_type = render_metrics()
+        # Every scrape carries a fresh readiness answer (both pings are bounded, about 2 s).
+        await check_readiness()
+        body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        runtime: Runtime = app.state.runtime
-        engine_ok = await runtime.engine.ping()
-        store_ok = await runtime.store.ping()
+        engine_ok, store_ok = await check_readiness()
         ready = engine_ok and store_ok
         body = {"status": "ok" if ready else "unavailable", "engine": engine_ok, "database": store_ok}
         return JSONResponse(body, status_code=200 if ready else 503)

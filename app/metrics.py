@@ -72,6 +72,21 @@ def _version() -> str:
 
 BUILD_INFO.labels(_version()).set(1)
 
+# Readiness as a series, so that an alert can see it (deploy/prometheus/hub-rules.yml): set by the
+# worker that answers /readyz or /metrics, from the checks it made just then. ``mostrecent``: the
+# freshest answer of any worker wins, not a stale one of a worker that has not been asked since.
+DEPENDENCY_UP = Gauge(
+    "hub_dependency_up", "1 when the dependency answered the last readiness check, else 0",
+    ["dependency"], multiprocess_mode="mostrecent",
+)
+# The newest worker's start: a change of this value while the series lives is a worker that was
+# restarted (uvicorn replaces a dead worker; a container restart starts a new series).
+WORKER_START = Gauge(
+    "hub_worker_start_time_seconds", "Start time of the most recently started worker (Unix seconds)",
+    multiprocess_mode="max",
+)
+WORKER_START.set_to_current_time()
+
 # prometheus-client picks its value storage once, when it is first imported: trust that decision,
 # not the environment now (which may have changed since).
 MULTIPROCESS = bool(getattr(values.ValueClass, "_multiprocess", False))
