@@ -20,6 +20,11 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
 MIN_HMAC_SECRET_BYTES = 32
+# A production secret with fewer distinct bytes than this is not random (a hex secret has 16).
+MIN_HMAC_SECRET_DISTINCT_BYTES = 10
+HUB_ROLES = frozenset({"agent", "dashboard", "operator", "admin"})
+DISCOVER = "discover"
+_CLAIM_PATH = r"^[A-Za-z0-9_:/-]+(\.[A-Za-z0-9_:/-]+)*$"
 # The schemes of HUB_REDIS_URL the Redis engine can connect with.
 REDIS_SCHEMES = ("redis", "rediss")
 
@@ -39,6 +44,20 @@ def parse_networks(items: list[str]) -> list[IPNetwork]:
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address or CIDR") from None
     return networks
+
+
+def parse_role_map(items: list[str]) -> dict[str, frozenset[str]]:
+    """``provider_value=hub_role`` pairs; one provider value may map to several hub roles.
+    Raises ValueError naming the item."""
+    mapping: dict[str, set[str]] = {}
+    for item in items:
+        value, sep, role = item.rpartition("=")
+        value, role = value.strip(), role.strip()
+        if not sep or not value or role not in HUB_ROLES:
+            raise ValueError(f"{item!r} is not provider_value=hub_role (hub roles: "
+                             f"{', '.join(sorted(HUB_ROLES))})")
+        mapping.setdefault(value, set()).add(role)
+    return {value: frozenset(roles) for value, roles in mapping.items()}
 
 
 def _is_exact_origin(origin: str) -> bool:
@@ -97,6 +116,13 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = Field(default=0, ge=0, le=300)
+    jwt_future_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwt_roles_claim: str = Field(default="roles", max_length=256, pattern=_CLAIM_PATH)
+    jwt_role_map: CommaList = Field(default_factory=list)
+    jwt_tenant_claim: str = Field(default="tenant", max_length=256, pattern=_CLAIM_PATH)
+    jwks_max_age_seconds: float = Field(default=300.0, gt=0, le=86400)
+    jwks_min_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
+    max_token_lifetime_seconds: int = Field(default=86400, ge=60, le=366 * 86400)
 
     redis_url: str | None = None
     redis_prefix: str = Field(default="hub", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
@@ -138,7 +164,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("jwt_algorithms", "allowed_origins", "banned_cidrs", "trusted_proxies",
-                     mode="before")
+                     "jwt_role_map", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -158,6 +184,12 @@ class Settings(BaseSettings):
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         parse_networks(value)
+        return value
+
+    @field_validator("jwt_role_map")
+    @classmethod
+    def _role_map(cls, value: list[str]) -> list[str]:
+        parse_role_map(value)
         return value
 
     @field_validator("redis_url")
@@ -189,17 +221,28 @@ class Settings(BaseSettings):
                 raise _named(
                     "jwt_secret", f"must be at least {MIN_HMAC_SECRET_BYTES} bytes in production"
                 )
+            if self.env == "production" and len(set(secret.strip())) < MIN_HMAC_SECRET_DISTINCT_BYTES:
+                raise _named("jwt_secret", "is not random (too few distinct bytes); generate one "
+                             "with `python3 -c 'import secrets; print(secrets.token_hex(32))'`")
         if algs & PUBLIC_KEY_ALGORITHMS and not (self.jwt_public_key_file or self.jwt_jwks_url):
             raise _named(
                 "jwt_public_key_file",
                 "a public-key algorithm is enabled but neither HUB_JWT_PUBLIC_KEY_FILE nor "
                 "HUB_JWT_JWKS_URL is set",
             )
-        if self.jwt_jwks_url is not None:
-            scheme = urlsplit(self.jwt_jwks_url).scheme
-            if scheme != "https" and (self.env == "production" or scheme != "http"):
-                # Keys fetched over plain HTTP can be swapped by anyone on the path.
-                raise _named("jwt_jwks_url", "must be https:// (http:// in development only)")
+        if self.jwt_jwks_url == DISCOVER:
+            if not self.jwt_issuer:
+                raise _named("jwt_jwks_url", "`discover` needs HUB_JWT_ISSUER (the issuer to ask)")
+            if not self._fetchable(self.jwt_issuer):
+                raise _named("jwt_issuer", "must be https:// to discover its keys (http:// in "
+                             "development only)")
+        elif self.jwt_jwks_url is not None and not self._fetchable(self.jwt_jwks_url):
+            # Keys fetched over plain HTTP can be swapped by anyone on the path.
+            raise _named("jwt_jwks_url", "must be https:// or `discover` (http:// in development only)")
+        if self.revocation_ttl_seconds < self.max_token_lifetime_seconds + self.jwt_leeway_seconds:
+            # A revocation must outlive every token it covers, or a revoked token comes back.
+            raise _named("revocation_ttl_seconds", "must be at least HUB_MAX_TOKEN_LIFETIME_SECONDS "
+                         "plus HUB_JWT_LEEWAY_SECONDS, or revoked tokens would be accepted again")
         if self.jwt_public_key_file and not self.jwt_public_key_file.is_file():
             raise _named(
                 "jwt_public_key_file", f"{self.jwt_public_key_file} is not a readable file"
@@ -213,6 +256,14 @@ class Settings(BaseSettings):
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise _named("ssl_certfile", "HUB_SSL_CERTFILE and HUB_SSL_KEYFILE go together")
         return self
+
+    def _fetchable(self, url: str) -> bool:
+        scheme = urlsplit(url).scheme
+        return scheme == "https" or (self.env == "development" and scheme == "http")
+
+    @property
+    def role_map(self) -> dict[str, frozenset[str]]:
+        return parse_role_map(self.jwt_role_map)
 
     @property
     def banned_networks(self) -> list[IPNetwork]:

@@ -58,6 +58,10 @@ REFRESHES = Counter("hub_refreshes_total", "In-band token refreshes by outcome",
 MESSAGES = Counter("hub_messages_total", "Messages by type and direction", ["type", "direction"])
 CLOSES = Counter("hub_closes_total", "Server-initiated closes by code", ["code"])
 ENGINE_ERRORS = Counter("hub_engine_errors_total", "State engine failures by operation", ["op"])
+JWKS_FETCHES = Counter(
+    "hub_jwks_fetches_total", "Fetches of the identity provider's key set by outcome (ok, error)",
+    ["outcome"],
+)
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
 # An info-style gauge (prometheus' Info type does not work in multiprocess mode); max: 1, not N.
 BUILD_INFO = Gauge("hub_build_info", "The hub's version (always 1)", ["version"], multiprocess_mode="max")

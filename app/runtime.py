@@ -17,7 +17,7 @@ from app.engine import ControlEvent, Engine, EngineUnavailable, create_engine
 from app.errors import Code
 from app.handshake import Gatekeeper
 from app.hub import Hub
-from app.jwks import JwksKeys
+from app.jwks import jwks_from_settings
 from app.logs import get_logger
 from app.preflight import verify_database
 from app.revocations import Revocation, RevocationList
@@ -38,7 +38,7 @@ class Runtime:
         self.engine = engine or create_engine(
             settings.redis_url, prefix=settings.redis_prefix, worker_id=self.worker_id
         )
-        self.jwks = JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.jwks = jwks_from_settings(settings)
         self.verifier = TokenVerifier.from_settings(
             settings, key_lookup=self.jwks.lookup if self.jwks else None
         )
@@ -85,6 +85,7 @@ class Runtime:
         self.control.start()
         if self.jwks is not None:
             await self.jwks.prefetch()
+            self._tasks.append(asyncio.create_task(self.jwks.refresher(), name="jwks-refresh"))
         self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
         self._tasks.append(asyncio.create_task(
             run_retention(self.store, self.settings.security_event_retention_days),

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -32,7 +32,8 @@ from app.errors import Code
 
 _B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
 _MAX_CLAIM_CHARS = 256
-_MAX_ROLES = 32
+_MAX_ROLES = 64
+_MAX_ROLE_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,9 @@ def parse(token: str, max_bytes: int) -> _Parsed:
     if not token.isascii():
         raise TokenError(Code.TOKEN_MALFORMED, "not ASCII", fingerprint=fp)
     parts = token.encode("ascii").split(b".")
-    if len(parts) != 3 or not parts[2]:
+    # An empty third segment is an unsecured JWS (RFC 7515 appendix A.5): well formed, and refused
+    # `token_invalid` by the algorithm allowlist (or by the signature check), not `token_malformed`.
+    if len(parts) != 3:
         raise TokenError(Code.TOKEN_MALFORMED, "not three segments", fingerprint=fp)
     decoded: list[dict[str, Any]] = []
     for name, segment in (("header", parts[0]), ("payload", parts[1])):
@@ -172,6 +175,55 @@ def _public_key(pem: bytes, alg: str) -> Key:
         raise ValueError(f"{name}: not a public key usable with {alg}") from exc
 
 
+_MISSING: Any = object()
+
+
+def _at(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a dotted claim path (``realm_access.roles``), or ``_MISSING``."""
+    value: Any = claims
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _is_name(value: object) -> TypeGuard[str]:
+    """A ``sub`` or ``tenant``: printable Unicode text (no control characters, no lone
+    surrogates) of 1 to 256 characters."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_CLAIM_CHARS and value.isprintable()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    """Where a provider's tokens keep the roles and the tenant, and how its role names map to
+    the hub's (``HUB_JWT_ROLES_CLAIM``, ``HUB_JWT_ROLE_MAP``, ``HUB_JWT_TENANT_CLAIM``)."""
+
+    roles: tuple[str, ...] = ("roles",)
+    role_map: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    tenant: tuple[str, ...] = ("tenant",)
+
+    def roles_of(self, claims: Mapping[str, Any]) -> frozenset[str] | None:
+        """The hub roles a token grants, or None when the claim is missing or of a wrong type.
+
+        The hub's own ``roles`` claim must be a list (or a single-string ``role``); a configured
+        path may also hold a space-separated string, as ``scope`` does. With a role map, values
+        it does not name grant nothing (providers put many unrelated scopes and groups there).
+        """
+        value = _at(claims, self.roles)
+        if value is _MISSING and self.roles == ("roles",):
+            role = claims.get("role")
+            value = [role] if isinstance(role, str) else _MISSING
+        if isinstance(value, str) and self.roles != ("roles",):
+            value = value.split()
+        if not (isinstance(value, list) and len(value) <= _MAX_ROLES
+                and all(isinstance(r, str) and len(r) <= _MAX_ROLE_CHARS for r in value)):
+            return None
+        if not self.role_map:
+            return frozenset(value)
+        return frozenset().union(*(self.role_map.get(item, ()) for item in value))
+
+
 KeyLookup = Callable[[str, str], Awaitable[Key | None]]
 """``(kid, alg) -> key``: a key set by identifier (JWKS), or None when it has no such key."""
 
@@ -189,8 +241,11 @@ class TokenVerifier:
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 0.0
+    future_leeway: float = 30.0
+    max_lifetime: float = 86400.0
     max_token_bytes: int = 8192
     key_lookup: KeyLookup | None = None
+    claims: ClaimMapping = field(default_factory=ClaimMapping)
     clock: Callable[[], float] = field(default=time.time)
 
     @classmethod
@@ -210,8 +265,15 @@ class TokenVerifier:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway=float(settings.jwt_leeway_seconds),
+            future_leeway=float(settings.jwt_future_leeway_seconds),
+            max_lifetime=float(settings.max_token_lifetime_seconds),
             max_token_bytes=settings.max_token_bytes,
             key_lookup=key_lookup,
+            claims=ClaimMapping(
+                roles=tuple(settings.jwt_roles_claim.split(".")),
+                role_map=settings.role_map,
+                tenant=tuple(settings.jwt_tenant_claim.split(".")),
+            ),
         )
 
     async def verify(self, token: str) -> Principal:
@@ -262,20 +324,24 @@ class TokenVerifier:
         claims = parsed.claims
         bad = parsed.error
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > _MAX_CLAIM_CHARS:
-            raise bad(Code.CLAIMS_INVALID, "sub missing or not a string")
+        if not _is_name(sub):
+            raise bad(Code.CLAIMS_INVALID, "sub missing, or not printable text of at most 256 characters")
         for name in ("exp", "nbf", "iat"):
             if name in claims and not _is_number(claims[name]):
                 raise bad(Code.CLAIMS_INVALID, f"{name} is not a number")
         if "exp" not in claims:
             raise bad(Code.CLAIMS_INVALID, "exp missing")
-        roles = _roles(claims)
+        roles = self.claims.roles_of(claims)
         if roles is None:
             raise bad(Code.CLAIMS_INVALID, "roles missing or not a list of strings")
-        tenant, jti = claims.get("tenant"), claims.get("jti")
-        for name, value in (("tenant", tenant), ("jti", jti)):
-            if value is not None and (not isinstance(value, str) or len(value) > _MAX_CLAIM_CHARS):
-                raise bad(Code.CLAIMS_INVALID, f"{name} is not a string")
+        tenant = _at(claims, self.claims.tenant)
+        if tenant is _MISSING or tenant is None:
+            tenant = None
+        elif not _is_name(tenant):
+            raise bad(Code.CLAIMS_INVALID, "tenant is not printable text of 1 to 256 characters")
+        jti = claims.get("jti")
+        if jti is not None and (not isinstance(jti, str) or len(jti) > _MAX_CLAIM_CHARS):
+            raise bad(Code.CLAIMS_INVALID, "jti is not a string")
         if self.issuer is not None and claims.get("iss") != self.issuer:
             raise bad(Code.CLAIMS_INVALID, "iss missing or wrong")
         if self.audience is not None:
@@ -287,8 +353,11 @@ class TokenVerifier:
         exp = float(claims["exp"])
         if now >= exp + self.leeway:
             raise bad(Code.TOKEN_EXPIRED, "exp passed")
+        if exp > now + self.max_lifetime + self.future_leeway:
+            # Revocations are kept for this long only: a longer-lived token would outlive them.
+            raise bad(Code.CLAIMS_INVALID, "exp further ahead than the longest token lifetime allowed")
         for name in ("nbf", "iat"):
-            if name in claims and float(claims[name]) > now + self.leeway:
+            if name in claims and float(claims[name]) > now + self.future_leeway:
                 raise bad(Code.TOKEN_NOT_YET_VALID, f"{name} in the future")
         iat = claims.get("iat")
         return Principal(
@@ -300,20 +369,6 @@ class TokenVerifier:
             iat=float(iat) if iat is not None else None,
             fingerprint=parsed.fingerprint,
         )
-
-
-def _roles(claims: Mapping[str, Any]) -> frozenset[str] | None:
-    if "roles" in claims:
-        roles = claims["roles"]
-        if isinstance(roles, list) and len(roles) <= _MAX_ROLES and all(
-            isinstance(r, str) and len(r) <= 64 for r in roles
-        ):
-            return frozenset(roles)
-        return None
-    role = claims.get("role")
-    if isinstance(role, str) and len(role) <= 64:
-        return frozenset({role})
-    return None
 
 
 def mint(

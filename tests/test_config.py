@@ -106,12 +106,22 @@ def test_short_secret_refused_in_production_only(
     assert env(env="development", jwt_secret=SHORT_SECRET).env == "development"
     monkeypatch.delenv("HUB_ENV")
     assert env(jwt_secret="x").jwt_secret is not None  # development is the default
-    assert env(env="production", jwt_secret="s" * 32).env == "production"
+    assert env(env="production", jwt_secret="0123456789abcdef" * 2).env == "production"
 
 
 def test_secret_length_counts_bytes(env: Env, refused: Callable[..., str]) -> None:
-    assert env(env="production", jwt_secret="é" * 16).env == "production"  # 32 UTF-8 bytes
-    refused("HUB_JWT_SECRET", env="production", jwt_secret="é" * 15 + "x")
+    sixteen = "éàüöçñßøåæëïîôûù"  # 32 UTF-8 bytes
+    assert env(env="production", jwt_secret=sixteen).env == "production"
+    refused("HUB_JWT_SECRET", env="production", jwt_secret=sixteen[:15] + "x")
+
+
+@pytest.mark.parametrize("secret", [" " * 32, "s" * 64, "ab" * 32, "\t\n " * 20, "password" * 4])
+def test_secret_that_is_not_random_is_refused_in_production(
+    env: Env, refused: Callable[..., str], secret: str
+) -> None:
+    message = refused("HUB_JWT_SECRET", env="production", jwt_secret=secret)
+    assert "not random" in message
+    assert env(env="development", jwt_secret=secret).env == "development"
 
 
 def test_secret_is_not_revealed(env: Env) -> None:

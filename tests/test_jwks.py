@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk, jws
+from prometheus_client import REGISTRY
 
 from app.config import load_settings
 from app.errors import Code
@@ -33,6 +35,8 @@ class JwksServer:
 
     def __init__(self) -> None:
         self.document: Any = {"keys": []}
+        self.routes: dict[str, Any] = {}  # path -> document, before the default one
+        self.headers: dict[str, str] = {}
         self.status = 200
         self.body: bytes | None = None  # raw body overriding the document
         self.requests = 0
@@ -43,11 +47,12 @@ class JwksServer:
             def do_GET(self) -> None:
                 server.requests += 1
                 server.paths.append(self.path)
-                body = server.body if server.body is not None else json.dumps(
-                    server.document
-                ).encode()
+                document = server.routes.get(self.path, server.document)
+                body = server.body if server.body is not None else json.dumps(document).encode()
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in server.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -175,7 +180,7 @@ async def test_known_kid_verifies_and_is_cached(
     assert (await verifier.verify(token(rsa_keys[0]))).sub == "agent-1"
     assert server.requests == 1  # fetched lazily on first use
     for _ in range(5):
-        clock.now += 100  # even past the refetch window: a known kid needs no fetch
+        clock.now += 59  # past the refresh window, within the max age: a known kid needs no fetch
         assert (await verifier.verify(token(rsa_keys[0]))).sub == "agent-1"
     assert server.requests == 1
     assert server.paths == ["/.well-known/jwks.json"]
@@ -196,7 +201,7 @@ async def test_unknown_kid_refetches_once_then_verifies(
     server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
 ) -> None:
     server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
-    keys = JwksKeys(server.url, min_refetch_seconds=60, clock=clock)
+    keys = JwksKeys(server.url, min_refresh_seconds=60, clock=clock)
     verifier = verifier_for(keys)
     await keys.prefetch()
     # The identity provider rotates in a new key.
@@ -213,7 +218,7 @@ async def test_unknown_kid_within_the_window_is_refused_without_a_fetch(
     server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
 ) -> None:
     server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
-    keys = JwksKeys(server.url, min_refetch_seconds=60, clock=clock)
+    keys = JwksKeys(server.url, min_refresh_seconds=60, clock=clock)
     verifier = verifier_for(keys)
     await keys.prefetch()
     server.publish(public_jwk(rsa_keys[1], "RS256", "k2"))
@@ -229,7 +234,7 @@ async def test_a_flood_of_unknown_kids_costs_at_most_one_fetch(
     server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
 ) -> None:
     server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
-    keys = JwksKeys(server.url, min_refetch_seconds=60, clock=clock)
+    keys = JwksKeys(server.url, min_refresh_seconds=60, clock=clock)
     verifier = verifier_for(keys)
     await keys.prefetch()
     clock.now += 120
@@ -470,3 +475,144 @@ async def test_verifier_from_settings_uses_the_key_set(
     tok = mint(private_pem(rsa_keys[0]), "RS256", "agent-s", ["agent"], 300, kid="k1")
     assert (await verifier.verify(tok)).sub == "agent-s"
     await refused(verifier, mint(private_pem(rsa_keys[1]), "RS256", "a", ["agent"], 300, kid="k1"))
+
+
+# --------------------------------------------------------------------------------------------
+# The key set as a cache with a bounded age (removal, rotation, provider failures, discovery)
+
+
+async def test_a_removed_key_is_refused_once_the_set_reaches_its_max_age(
+    server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
+) -> None:
+    server.publish(public_jwk(rsa_keys[0], "RS256", "k1"), public_jwk(rsa_keys[1], "RS256", "k2"))
+    keys = JwksKeys(server.url, max_age_seconds=300, clock=clock)
+    verifier = verifier_for(keys)
+    await keys.prefetch()
+    server.publish(public_jwk(rsa_keys[1], "RS256", "k2"))  # k1 pulled at the provider
+    clock.now += 299
+    assert (await verifier.verify(token(rsa_keys[0], kid="k1"))).sub == "agent-1"
+    assert server.requests == 1
+    clock.now += 1  # the set is 300 s old: the next lookup fetches it again before deciding
+    await refused(verifier, token(rsa_keys[0], kid="k1"))
+    assert server.requests == 2
+    assert (await verifier.verify(token(rsa_keys[1], kid="k2"))).sub == "agent-1"
+    assert server.requests == 2
+
+
+@pytest.mark.parametrize(("cache_control", "age"), [
+    ("public, max-age=20", 20), ("max-age=100000", 300), ("no-store", 5), ("private", 300),
+])
+async def test_a_shorter_cache_control_max_age_wins(
+    server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey], cache_control: str, age: int
+) -> None:
+    server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
+    server.headers["Cache-Control"] = cache_control
+    keys = JwksKeys(server.url, max_age_seconds=300, min_refresh_seconds=5, clock=clock)
+    verifier = verifier_for(keys)
+    await keys.prefetch()
+    clock.now += age - 0.5
+    await verifier.verify(token(rsa_keys[0]))
+    assert server.requests == 1
+    clock.now += 0.5  # never sooner than min_refresh_seconds, never later than max_age_seconds
+    await verifier.verify(token(rsa_keys[0]))
+    assert server.requests == 2
+
+
+async def test_a_key_published_just_now_works_on_first_use(
+    server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
+) -> None:
+    server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
+    keys = JwksKeys(server.url, clock=clock)  # defaults: max age 300 s, min refresh 5 s
+    verifier = verifier_for(keys)
+    await keys.prefetch()
+    server.publish(public_jwk(rsa_keys[0], "RS256", "k1"), public_jwk(rsa_keys[1], "RS256", "k2"))
+    clock.now += 5
+    assert (await verifier.verify(token(rsa_keys[1], kid="k2"))).sub == "agent-1"
+    assert server.requests == 2
+
+
+async def test_a_failed_refresh_keeps_the_last_good_set(
+    server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
+) -> None:
+    def failures() -> float:
+        return REGISTRY.get_sample_value("hub_jwks_fetches_total", {"outcome": "error"}) or 0.0
+
+    server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
+    keys = JwksKeys(server.url, max_age_seconds=300, min_refresh_seconds=5, clock=clock)
+    verifier = verifier_for(keys)
+    await keys.prefetch()
+    server.status = 503
+    clock.now += 400
+    before = failures()
+    assert (await verifier.verify(token(rsa_keys[0]))).sub == "agent-1"  # tried, failed, kept
+    assert server.requests == 2 and failures() == before + 1
+    assert (await verifier.verify(token(rsa_keys[0]))).sub == "agent-1"
+    assert server.requests == 2  # a failing provider is asked at most once per min_refresh
+    clock.now += 5
+    server.status = 200
+    server.publish(public_jwk(rsa_keys[1], "RS256", "k2"))
+    await refused(verifier, token(rsa_keys[0]))  # back: the stale set is replaced
+    assert server.requests == 3
+
+
+async def test_discovery_from_the_issuer(
+    server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey]
+) -> None:
+    issuer = server.url.removesuffix("/.well-known/jwks.json")
+    server.routes["/.well-known/openid-configuration"] = {"issuer": issuer, "jwks_uri": f"{issuer}/keys"}
+    server.routes["/keys"] = {"keys": [public_jwk(rsa_keys[0], "RS256", "k1")]}
+    keys = JwksKeys(issuer=issuer, clock=clock)
+    assert (await verifier_for(keys).verify(token(rsa_keys[0]))).sub == "agent-1"
+    assert server.paths == ["/.well-known/openid-configuration", "/keys"]
+
+
+@pytest.mark.parametrize("document", [
+    {"issuer": "ISSUER/", "jwks_uri": "ISSUER/keys"},  # not exactly the configured issuer
+    {"issuer": "https://evil.example", "jwks_uri": "ISSUER/keys"},
+    {"issuer": "ISSUER"},
+    {"issuer": "ISSUER", "jwks_uri": "ftp://ISSUER/keys"},
+    ["not", "an", "object"],
+])
+async def test_discovery_refuses_a_document_for_another_issuer_or_without_keys(
+    server: JwksServer, clock: Clock, rsa_keys: list[rsa.RSAPrivateKey], document: Any
+) -> None:
+    issuer = server.url.removesuffix("/.well-known/jwks.json")
+    server.routes["/.well-known/openid-configuration"] = json.loads(json.dumps(document).replace("ISSUER", issuer))
+    server.routes["/keys"] = {"keys": [public_jwk(rsa_keys[0], "RS256", "k1")]}
+    keys = JwksKeys(issuer=issuer, clock=clock)
+    await refused(verifier_for(keys), token(rsa_keys[0]))
+    assert "/keys" not in server.paths
+
+
+async def test_discovery_over_http_only_in_development(server: JwksServer, clock: Clock) -> None:
+    issuer = server.url.removesuffix("/.well-known/jwks.json")
+    server.routes["/.well-known/openid-configuration"] = {"issuer": issuer, "jwks_uri": f"{issuer}/keys"}
+    keys = JwksKeys(issuer=issuer, allow_http=False, clock=clock)
+    assert await keys.lookup("k1", "RS256") is None
+    assert "/keys" not in server.paths
+
+
+async def test_the_refresher_drops_removed_keys_without_any_lookup(
+    server: JwksServer, rsa_keys: list[rsa.RSAPrivateKey]
+) -> None:
+    server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
+    keys = JwksKeys(server.url, max_age_seconds=0.2, min_refresh_seconds=0.1)  # the real clock
+    await keys.prefetch()
+    task = asyncio.create_task(keys.refresher())
+    try:
+        server.publish(public_jwk(rsa_keys[1], "RS256", "k2"))
+        for _ in range(100):
+            if server.requests >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert server.requests >= 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    verifier = TokenVerifier(algorithms=frozenset({"RS256"}), static_keys={}, key_lookup=keys.lookup,
+                             clock=lambda: NOW)
+    requests = server.requests
+    await refused(verifier, token(rsa_keys[0], kid="k1"))
+    assert (await verifier.verify(token(rsa_keys[1], kid="k2"))).sub == "agent-1"
+    assert server.requests - requests <= 1  # at most the lookup's own check of an unknown kid

@@ -3,8 +3,9 @@
 Guarantees: works from any working directory and from an installed wheel (the scripts ship as
 ``app/migrations``; in a checkout they are the top-level ``alembic/``); for SQLite the database
 file's directory is created if missing; no logging configuration is touched (the ini file's
-logging sections are only read by the ``alembic`` command line). Call from synchronous code only, not from inside a running event
-loop: Alembic's ``env.py`` runs its own loop (use ``asyncio.to_thread`` from async code).
+logging sections are only read by the ``alembic`` command line). Call from synchronous code
+only, not from inside a running event loop: Alembic's ``env.py`` runs its own loop (use
+``asyncio.to_thread`` from async code).
 """
 
 from __future__ import annotations
