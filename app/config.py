@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine._redis_client import parse_redis_url
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -132,6 +134,17 @@ class Settings(BaseSettings):
             if alg not in SUPPORTED_ALGORITHMS:
                 supported = ", ".join(sorted(SUPPORTED_ALGORITHMS))
                 raise ValueError(f"unknown algorithm {alg!r} (supported: {supported})")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value:
+            # The engine's own parser: every form it accepts starts, every other one stops here.
+            try:
+                parse_redis_url(value)
+            except ValueError as exc:
+                raise ValueError(str(exc).removeprefix("HUB_REDIS_URL ")) from None
         return value
 
     @field_validator("banned_cidrs", "trusted_proxies")

@@ -61,7 +61,7 @@ class RedisTarget:
     """
 
     kind: Kind
-    url: str
+    url: str = dataclasses.field(repr=False)
     tls: bool = False
     hosts: tuple[tuple[str, int], ...] = ()
     service: str = ""

@@ -67,7 +67,7 @@ log = structlog.get_logger("app.engine")
 
 SUBSCRIBER_BACKOFF_START = 0.1
 # Low, so the subscriber is back within about a second of a replica's promotion.
-SUBSCRIBER_BACKOFF_CAP = 1.0
+SUBSCRIBER_BACKOFF_CAP = 0.5
 # How long start() waits for the first subscription, so events published right after start are
 # delivered; past it, start() returns and the subscriber keeps trying in the background.
 SUBSCRIBE_WAIT_SECONDS = 2.0
