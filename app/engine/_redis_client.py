@@ -33,7 +33,11 @@ from redis.exceptions import RedisError
 
 SOCKET_TIMEOUT_SECONDS = 1.0
 # Failures that mean "shared state is unreachable or refusing": the caller fails closed.
-UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+# AttributeError: during a failover redis-py 8.1's cluster client disconnects pooled connections
+# while other tasks are starting to use them ("'NoneType' object has no attribute
+# 'writelines'"); it means the node is gone, and must fail closed like a refused connection
+# rather than escape as a 500.
+UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError, AttributeError)
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 Kind = Literal["single", "sentinel", "cluster"]

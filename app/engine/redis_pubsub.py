@@ -50,6 +50,7 @@ from app.engine._redis_client import (
     Client,
     RedisTarget,
     aclose,
+    connect,
     connect_node,
     connect_primary,
     tag,
@@ -298,9 +299,16 @@ class RedisMessaging:
             if self._sub_client is None:
                 self._sub_client = connect_primary(self._target, name)
             return self._sub_client.pubsub()
-        # Re-read the slot map first: after a failover the cached owner is the dead node.
-        await self._client.nodes_manager.initialize()
-        node = self._client.get_node_from_key(self.channel)
+        # A fresh slot map each time (after a failover the cached owner is the dead node), read
+        # by a client of its own: refreshing the shared one would disconnect connections that
+        # other tasks are using.
+        finder = connect(self._target, name)
+        try:
+            assert isinstance(finder, RedisCluster)
+            await finder.initialize()
+            node = finder.get_node_from_key(self.channel)
+        finally:
+            await aclose(finder)
         if node is None:
             raise RedisConnectionError("no node owns the messaging slot")
         await self._close_sub_client()

@@ -180,6 +180,19 @@ class RedisCluster6:
                 return node
         raise RuntimeError(f"no live primary owns slot {slot}")
 
+    def slot_owners(self) -> dict[int, int]:
+        """Slot -> port of the live primary that owns it now."""
+        owners: dict[int, int] = {}
+        for node in self.primaries():
+            for line in cli(node.port, "CLUSTER", "NODES").splitlines():
+                if "myself" in line.split()[2]:
+                    for part in line.split()[8:]:
+                        if not part.startswith("["):
+                            low, _, high = part.partition("-")
+                            owners.update(dict.fromkeys(range(int(low), int(high or low) + 1),
+                                                        node.port))
+        return owners
+
     def wait_healthy(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         """Until every live node says ``cluster_state:ok`` (after a failover)."""
         for node in self.nodes:
