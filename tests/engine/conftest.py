@@ -95,6 +95,31 @@ def topology_url(request: pytest.FixtureRequest, topology: str) -> str:
     return str(request.getfixturevalue(_URL_FIXTURES[topology]))
 
 
+@pytest.fixture(params=[p for p in ENGINES if p != "memory"])
+async def any_redis_factory(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[RedisFactory]:
+    """Like ``redis_factory``, on each topology in turn (single, cluster, Sentinel)."""
+    url = topology_url(request, request.param)
+    made: list[RedisEngine] = []
+
+    async def make(
+        worker_id: str = "w1",
+        handler: Callable[[ControlEvent], Awaitable[None]] | None = None,
+        inbox: asyncio.Queue[str] | None = None,
+    ) -> RedisEngine:
+        engine = RedisEngine(url, prefix=prefix, worker_id=worker_id)
+        made.append(engine)
+        if handler is not None:
+            engine.subscribe(handler)
+        if inbox is not None:
+            engine.on_message(_into(inbox))
+        await engine.start()
+        return engine
+
+    yield make
+    for engine in made:
+        await engine.close()
+
+
 @pytest.fixture(params=ENGINES)
 async def engine(
     request: pytest.FixtureRequest,

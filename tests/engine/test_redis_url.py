@@ -60,7 +60,7 @@ def test_accepted_forms(url: str, expected: RedisTarget) -> None:
     ],
 )
 def test_refused_forms_say_one_line_naming_the_variable(url: str) -> None:
-    with pytest.raises(ValueError, match="^HUB_REDIS_URL ") as info:
+    with pytest.raises(ValueError, match=r"^HUB_REDIS_URL ") as info:
         parse_redis_url(url)
     assert "\n" not in str(info.value) and "s3cr" not in str(info.value)
     with pytest.raises(SettingsError) as refused:
