@@ -77,3 +77,28 @@ def test_serve_refuses_a_bad_ha_url_with_one_line(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "HUB_REDIS_URL" in lines[0], result.stderr
     assert "Traceback" not in result.stderr and "s3cr" not in result.stderr
+
+
+def test_compose_sentinel_profile_matches_the_documented_url() -> None:
+    """docker-compose.yml's ``sentinel`` profile: a replica and three sentinels watching the
+    ``hub`` service on ``redis``, which the URL in its header comment names (and which parses)."""
+    import re
+
+    import yaml
+
+    from tests.test_ops import ROOT
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    sentinels = {name: svc for name, svc in services.items() if name.startswith("sentinel-")}
+    assert len(sentinels) == 3
+    for svc in [*sentinels.values(), services["redis-replica"]]:
+        assert svc["profiles"] == ["sentinel"]
+    for svc in sentinels.values():
+        assert "sentinel monitor hub redis 6379 2" in svc["command"][-1]
+    assert services["redis-replica"]["command"][-5:-2] == ["--replicaof", "redis", "6379"]
+    url = re.search(r"HUB_REDIS_URL=(\S+)", text)
+    assert url is not None
+    target = parse_redis_url(url.group(1))
+    assert target.kind == "sentinel" and target.service == "hub"
+    assert {f"{h}" for h, _ in target.hosts} == set(sentinels)
