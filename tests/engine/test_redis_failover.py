@@ -12,7 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 from app.engine.base import Admitted, ConnectionInfo, EngineUnavailable
-from tests.support.redis_ha import RedisCluster6
+from tests.support.redis_ha import RedisCluster6, cli
 
 from .conftest import RedisFactory, drain_until
 
@@ -77,3 +77,23 @@ async def test_scripts_and_messaging_come_back_after_a_primary_is_killed(
     await w2.publish_agent("acme", "a1", "after")
     await w2.send_to_worker("w1", "end")
     assert [m for m in await drain_until(inbox, "end") if m != "probe"] == ["after"]
+
+
+async def test_batched_scripts_are_reloaded_on_every_node_that_lost_them(
+    cluster: RedisCluster6, redis_factory: RedisFactory
+) -> None:
+    # What a promoted replica looks like to the hub: no scripts (they are not replicated).
+    engine = await redis_factory(url=cluster.url)
+    rows = [ConnectionInfo(f"c{n}", f"user-{n}", "/ws/agent", "192.0.2.1", "w1", float(n))
+            for n in range(20)]
+    for row in rows:
+        assert await engine.admit_user(row.sub, row.conn_id, **LIMITS, info=row) == Admitted()
+    for node in cluster.primaries():
+        assert cli(node.port, "SCRIPT", "FLUSH") == "OK"
+    # One pipeline split over three nodes, each answering NOSCRIPT: loaded everywhere, re-sent.
+    await engine.renew(rows, lease_seconds=30)
+    assert await engine.list_connections() == rows
+    for node in cluster.primaries():
+        assert cli(node.port, "SCRIPT", "FLUSH") == "OK"
+    await engine.renew_agents([("acme", f"a{n}", f"c{n}") for n in range(20)], lease_seconds=30)
+    assert await engine.online_agents("acme") == {f"a{n}" for n in range(20)}
