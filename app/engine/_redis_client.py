@@ -187,11 +187,28 @@ def connect_primary(target: RedisTarget, client_name: str) -> aioredis.Redis:
     return client
 
 
-def connect_node(target: RedisTarget, host: str, port: int, client_name: str) -> aioredis.Redis:
-    """A plain client of one cluster node (the messaging's subscriber connection), with
-    ``target``'s credentials and TLS, failing as fast as :func:`connect`."""
+async def subscriber_client(target: RedisTarget, channel: str, client_name: str) -> aioredis.Redis:
+    """A plain client for the pub/sub connection that carries ``channel``.
+
+    One primary or Sentinel: a client of the primary (the Sentinel one asks the sentinels on each
+    new connection). Cluster: a client of the node that owns ``channel``'s slot now, read from a
+    fresh slot map (a pub/sub connection does not refresh it by itself after its node dies) by a
+    cluster client of its own: refreshing the engine's would disconnect connections that other
+    tasks are using. Raises the redis-py errors when no node can be found.
+    """
+    if not target.cluster:
+        return connect_primary(target, client_name)
+    finder = connect(target, client_name)
+    try:
+        assert isinstance(finder, RedisCluster)
+        await finder.initialize()
+        node = finder.get_node_from_key(channel)
+    finally:
+        await aclose(finder)
+    if node is None:
+        raise RedisConnectionError(f"no cluster node owns the slot of {channel}")
     return aioredis.Redis(
-        host=host, port=port, username=target.username, password=target.password,
+        host=node.host, port=int(node.port), username=target.username, password=target.password,
         ssl=target.tls, client_name=client_name, **_fast(),
     )
 

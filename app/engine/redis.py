@@ -18,9 +18,15 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   ``renew.lua`` and ``renew_agents.lua`` for the rules, notably "connected at"). A slot's
   :class:`ConnectionInfo` (JSON in ``info``) is written, released and expired with the slot, in
   the same script; a slot admitted without info is not listed.
-- Unreachable or failing Redis raises :class:`EngineUnavailable` within about a second (short
-  socket timeouts, one immediate reconnect attempt, no backoff), so a handshake fails closed fast.
-  redis-py reconnects on the next call: the engine recovers without a restart.
+- One primary, Sentinel or Redis Cluster, chosen by the URL's scheme
+  (:func:`app.engine._redis_client.parse_redis_url`), with the same guarantees on each. On a
+  cluster every script touches one slot (the hash tags above); pipelined batches are split by
+  node, so every batched script is safe to run twice; listing everyone walks every primary.
+- Unreachable or failing Redis (a dead primary included, until a replica is promoted) raises
+  :class:`EngineUnavailable` within about a second (short socket timeouts, one immediate
+  reconnect attempt, no backoff), so a handshake fails closed fast. The next call reconnects (to
+  the new primary after a failover; scripts missing there are reloaded on NOSCRIPT): the engine
+  recovers without a restart. :meth:`RedisEngine.ping` is true only when every primary answers.
 - Control events and routed messages are delegated to a
   :class:`~app.engine.redis_pubsub.RedisMessaging` (see its module for channels and guarantees).
 - Round trips: one per call (a script, a PUBLISH or a pipeline), except
@@ -159,6 +165,7 @@ class RedisEngine(DelegatedMessaging):
             # Not fatal: the hub starts, refuses handshakes (fail closed) and recovers later;
             # redis-py loads the scripts on the first NOSCRIPT.
             log.warning("engine.start_degraded", error=type(exc).__name__)
+        log.info("engine.redis_started", topology=self.target.describe())
         await self._messaging.start()
 
     async def close(self) -> None:

@@ -41,7 +41,6 @@ from typing import Any, get_args
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.engine._delivery import WILDCARD, ControlDelivery, MessageInbox
@@ -50,9 +49,7 @@ from app.engine._redis_client import (
     Client,
     RedisTarget,
     aclose,
-    connect,
-    connect_node,
-    connect_primary,
+    subscriber_client,
     tag,
     text,
 )
@@ -294,25 +291,12 @@ class RedisMessaging:
 
     async def _open_pubsub(self) -> PubSub:
         """A pub/sub connection to the primary that carries this worker's channels now."""
-        name = f"{self.prefix}:{self.worker_id}:sub"
-        if not isinstance(self._client, RedisCluster):
-            if self._sub_client is None:
-                self._sub_client = connect_primary(self._target, name)
-            return self._sub_client.pubsub()
-        # A fresh slot map each time (after a failover the cached owner is the dead node), read
-        # by a client of its own: refreshing the shared one would disconnect connections that
-        # other tasks are using.
-        finder = connect(self._target, name)
-        try:
-            assert isinstance(finder, RedisCluster)
-            await finder.initialize()
-            node = finder.get_node_from_key(self.channel)
-        finally:
-            await aclose(finder)
-        if node is None:
-            raise RedisConnectionError("no node owns the messaging slot")
-        await self._close_sub_client()
-        self._sub_client = connect_node(self._target, node.host, int(node.port), name)
+        if self._sub_client is None or self._sharded:
+            # On a cluster, anew each time: the owner of the messaging slot may have changed.
+            await self._close_sub_client()
+            self._sub_client = await subscriber_client(
+                self._target, self.channel, f"{self.prefix}:{self.worker_id}:sub"
+            )
         return self._sub_client.pubsub()
 
     async def _subscribe_forever(self) -> None:
