@@ -207,7 +207,11 @@ class RedisCluster6:
         self._tmp.cleanup()
 
     def __enter__(self) -> RedisCluster6:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a start that timed out leaves no process behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -301,7 +305,11 @@ class SentinelGroup:
         self._tmp.cleanup()
 
     def __enter__(self) -> SentinelGroup:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a start that timed out leaves no process behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
