@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from redis.crc import key_slot
+from structlog.testing import capture_logs
 
 from app.engine.base import Admitted, ConnectionInfo, EngineUnavailable
 from tests.support.redis_ha import RedisCluster6, cli
@@ -97,3 +98,34 @@ async def test_batched_scripts_are_reloaded_on_every_node_that_lost_them(
         assert cli(node.port, "SCRIPT", "FLUSH") == "OK"
     await engine.renew_agents([("acme", f"a{n}", f"c{n}") for n in range(20)], lease_seconds=30)
     assert await engine.online_agents("acme") == {f"a{n}" for n in range(20)}
+
+
+async def test_messaging_follows_a_manual_failover_of_its_slot(
+    cluster: RedisCluster6, redis_factory: RedisFactory
+) -> None:
+    # CLUSTER FAILOVER: the old primary stays up as a replica and tells its sharded subscribers
+    # that the slot moved (sunsubscribe); the subscriber must follow the slot to the new primary.
+    inbox: asyncio.Queue[str] = asyncio.Queue()
+    with capture_logs() as logs:
+        w1 = await redis_factory(worker_id="w1", url=cluster.url, inbox=inbox)
+        w2 = await redis_factory(worker_id="w2", url=cluster.url)
+        await w1.watch("acme", "*")
+        await w2.send_to_worker("w1", "before")
+        assert await asyncio.wait_for(inbox.get(), 2) == "before"
+        old = cluster.primary_of(w1.channel)
+        replica = cluster.replica_of(old)
+        assert cli(replica.port, "CLUSTER", "FAILOVER") == "OK"
+        started = time.monotonic()
+        while cluster.primary_of(w1.channel) is old:
+            assert time.monotonic() - started < RECOVERY_SECONDS, "no manual failover"
+            await asyncio.sleep(0.1)
+        while True:
+            try:
+                await w2.publish_agent("acme", "a1", "probe")
+                await asyncio.wait_for(inbox.get(), 0.5)
+                break
+            except (EngineUnavailable, TimeoutError):
+                assert time.monotonic() - started < RECOVERY_SECONDS, "messaging stayed on the old node"
+        await w2.send_to_worker("w1", "end")
+        assert [m for m in await drain_until(inbox, "end") if m != "probe"] == []
+    assert "engine.subscriber_restored" in [e["event"] for e in logs]

@@ -180,6 +180,18 @@ class RedisCluster6:
                 return node
         raise RuntimeError(f"no live primary owns slot {slot}")
 
+    def replica_of(self, primary: _Node) -> _Node:
+        """The live replica that follows ``primary`` now."""
+        primary_id = cli(primary.port, "CLUSTER", "MYID")
+        for node in self.nodes:
+            if not node.alive or node is primary:
+                continue
+            for line in cli(node.port, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" in fields[2] and fields[3] == primary_id:
+                    return node
+        raise RuntimeError(f"no replica follows {primary.port}")
+
     def slot_owners(self) -> dict[int, int]:
         """Slot -> port of the live primary that owns it now."""
         owners: dict[int, int] = {}
