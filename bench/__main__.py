@@ -4,7 +4,10 @@ The plan, one target at a time so that they do not disturb each other's figures 
 fresh server): warm-up, idle memory, closed-loop handshakes, paced handshakes, relay latency and
 throughput, fan-out (hubs), Redis commands per handshake (Redis hub). The Redis target's relay
 rows run on two single-worker ``hubctl serve`` processes sharing one Redis, the dashboard on one
-and the agent on the other. Every server is killed at the end, whatever happened; a section that
+and the agent on the other. Then the highly available rows (:mod:`bench.ha`): closed-loop
+handshakes and relay throughput on a Redis Cluster, and the seconds from a primary's ``kill -9``
+until handshakes are accepted again, on the cluster and on Sentinel (``--ha``: only the Redis
+and HA targets). Every server is killed at the end, whatever happened; a section that
 fails is recorded (and shows as a missing figure) and the run goes on.
 """
 
@@ -26,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import ha, report
 from bench.client import Identity
 from bench.load import redis_commands_per_handshake, run_handshakes
 from bench.memory import HoldJob, measure_idle
 from bench.relay import RelayJob, run_fanout, run_relay
 from bench.servers import RedisServer, ServerProcess, bare_server, hub_server
+from tests.support.redis_ha import RedisCluster6, SentinelGroup
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 FD_LIMIT = 65_536
@@ -135,24 +139,27 @@ class Bench:
         self.section("redis", name, lambda: redis_commands_per_handshake(
             redis_port, workload, self.p.redis_idle_seconds))
 
-    def relay(self, target: str, dashboard_url: str, agent_url: str, echo: bool) -> None:
+    def relay(self, target: str, dashboard_url: str, agent_url: str, echo: bool,
+              only_throughput: bool = False) -> None:
         """Relay latency (one in flight), relay throughput and, for hubs, fan-out."""
         p = self.p
         dashboards, agents = self.ident("relay-d", "dashboard", "operator"), self.ident("relay-a", "agent")
         base = RelayJob(echo, f"{dashboard_url}/ws/dashboard", f"{agent_url}/ws/agent", dashboards, agents,
                         first=0, pairs=1, window=1, count=p.relay_latency_count)
-        self.section(target, "relay_latency", lambda: run_relay(base, processes=1))
+        if not only_throughput:
+            self.section(target, "relay_latency", lambda: run_relay(base, processes=1))
         loaded = dataclasses.replace(base, first=100, pairs=p.relay_pairs, window=p.relay_window,
                                      count=p.relay_count)
         self.section(target, "relay_throughput", lambda: run_relay(loaded, processes=p.processes))
-        if not echo:
+        if not echo and not only_throughput:
             self.section(target, "fanout", lambda: run_fanout(
                 f"{agent_url}/ws/agent", f"{dashboard_url}/ws/dashboard", self.ident("fan-a", "agent"),
                 self.ident("fan-d", "dashboard"), dashboards=p.fanout_dashboards,
                 events=p.fanout_events, interval=p.fanout_interval, processes=p.processes))
 
 
-def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str) -> str:
+def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str,
+        only_ha: bool = False) -> str:
     results: report.Results = {}
     secret = secrets.token_hex(32)
     bench = Bench(profile, secret, results)
@@ -194,6 +201,58 @@ def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str
             one.stop()
             other.stop()
 
+        def single_redis_for_ha() -> None:
+            # --ha: the one-Redis figures the cluster's are compared with, from this same run.
+            redis = RedisServer(workdir)
+            stack.callback(redis.stop)
+            redis.start()
+            redis_env = {**env, "HUB_REDIS_URL": redis.url}
+            two = started(hub_server("redis2w", {**redis_env, "HUB_REDIS_PREFIX": "w2"}, workdir, workers=2))
+            bench.section("redis", "handshake_closed", lambda: run_handshakes(
+                f"{two.url}/ws/dashboard", bench.ident("closed", "dashboard"), profile.closed_count,
+                processes=profile.processes, concurrency=profile.closed_concurrency,
+                server_pids=two.worker_pids()))
+            two.stop()
+            pair_env = {**redis_env, "HUB_REDIS_PREFIX": "pair"}
+            one = started(hub_server("redis-a", pair_env, workdir, database="pair"))
+            other = started(hub_server("redis-b", pair_env, workdir, database="pair"))
+            bench.relay("redis", one.url, other.url, echo=False, only_throughput=True)
+            one.stop()
+            other.stop()
+
+        def on_cluster() -> None:
+            cluster = RedisCluster6()
+            stack.callback(cluster.close)
+            cluster.start()
+            cluster_env = {**env, "HUB_REDIS_URL": cluster.url}
+            two = started(hub_server("cluster2w", {**cluster_env, "HUB_REDIS_PREFIX": "w2"}, workdir,
+                                     workers=2))
+            bench.section("cluster", "handshake_closed", lambda: run_handshakes(
+                f"{two.url}/ws/dashboard", bench.ident("closed", "dashboard"), profile.closed_count,
+                processes=profile.processes, concurrency=profile.closed_concurrency,
+                server_pids=two.worker_pids()))
+            two.stop()
+            pair_env = {**cluster_env, "HUB_REDIS_PREFIX": "pair"}
+            one = started(hub_server("cluster-a", pair_env, workdir, database="cpair"))
+            other = started(hub_server("cluster-b", pair_env, workdir, database="cpair"))
+            bench.relay("cluster", one.url, other.url, echo=False, only_throughput=True)
+            one.stop()
+            other.stop()
+            probe = started(hub_server("cluster-fo", {**cluster_env, "HUB_REDIS_PREFIX": "fo"}, workdir))
+            bench.section("cluster", "failover", lambda: ha.measure_failover(
+                f"{probe.url}/ws/dashboard", bench.ident("fo", "dashboard"),
+                ha.cluster_victim(cluster, "fo")))
+            probe.stop()
+
+        def on_sentinel() -> None:
+            group = SentinelGroup()
+            stack.callback(group.close)
+            group.start()
+            probe = started(hub_server("sentinel-fo", {**env, "HUB_REDIS_URL": group.url}, workdir))
+            bench.section("sentinel", "failover", lambda: ha.measure_failover(
+                f"{probe.url}/ws/dashboard", bench.ident("fo", "dashboard"), ha.sentinel_victim(group)))
+            probe.stop()
+
         def most_connections() -> None:
             many = started(hub_server("maxconns", env, workdir))
             bench.section("embedded", "max_conns", lambda: measure_idle(
@@ -201,8 +260,13 @@ def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str
                         concurrency=100, sources=MAX_CONNS_SOURCES, deadline=240), many.worker_pids))
             many.stop()
 
-        for target, plan in (("baseline", baseline), ("embedded", embedded), ("redis", on_redis),
-                             *((("embedded", most_connections),) if max_conns else ())):
+        plans: list[tuple[str, Callable[[], None]]] = [
+            ("baseline", baseline), ("embedded", embedded), ("redis", on_redis),
+            *((("embedded", most_connections),) if max_conns else ()),
+        ]
+        if only_ha:
+            plans = [("redis", single_redis_for_ha)]
+        for target, plan in (*plans, ("cluster", on_cluster), ("sentinel", on_sentinel)):
             bench.guard(target, plan)
 
     meta = report.metadata(command, mode, {**dataclasses.asdict(profile), "fd_limit": fd_limit})
@@ -221,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-conns", action="store_true",
                         help=f"also open up to {Profile().max_conns:,} idle connections on one "
                         "embedded worker")
+    parser.add_argument("--ha", action="store_true",
+                        help="only the highly available Redis rows (and the one-Redis figures they "
+                        "are compared with)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     text = run(SMOKE if args.smoke else Profile(), args.out, max_conns=args.max_conns, command=command,
-               mode="smoke" if args.smoke else "full")
+               mode="smoke" if args.smoke else "full", only_ha=args.ha)
     print(text)
     print(f"[bench] wrote {args.out / 'results.json'} and {args.out / 'results.md'}", file=sys.stderr)
     return 0

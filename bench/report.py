@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import ha
+
 TARGETS = ("baseline", "embedded", "redis")
 HUBS = ("embedded", "redis")
 TARGET_TITLES = {"baseline": "baseline (bare)", "embedded": "hub embedded, 1 worker",
@@ -214,7 +216,9 @@ def write(out: Path, meta: dict[str, Any], results: Results) -> str:
     verdicts = judge(rows)
     found = notes(results)
     out.mkdir(parents=True, exist_ok=True)
-    document = {"meta": meta, "rows": rows, "goals": verdicts, "notes": found, "details": results}
+    ha_rows = ha.rows(results)
+    document = {"meta": meta, "rows": rows, "ha_rows": ha_rows, "goals": verdicts, "notes": found,
+                "details": results}
     (out / "results.json").write_text(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
     goal_lines = [f"- **{v['verdict']}** {v['goal']} — {v['target']}: {v.get('detail', '')}"
                   for v in verdicts]
@@ -227,7 +231,9 @@ def write(out: Path, meta: dict[str, Any], results: Results) -> str:
         f"- targets: {', '.join(f'{k} = {v}' for k, v in TARGET_TITLES.items())}",
         "- ratio: the target's value over the baseline's (higher is better for rates, lower for "
         "latency and memory)", "",
-        table(rows), "", "## Goals", "", *goal_lines, "", "## Notes", "",
+        table(rows), "", "## Highly available Redis", "", ha.table(ha_rows), "",
+        *ha.goals(ha_rows), "",
+        "## Goals", "", *goal_lines, "", "## Notes", "",
         *[f"- {n}" for n in found], "",
     ])
     (out / "results.md").write_text(text)

@@ -12,6 +12,7 @@ import pytest
 
 from app.tokens import mint
 from tests.support.package import InstalledHub, build_and_install
+from tests.support.redis_ha import RedisCluster6, SentinelGroup
 from tests.support.redis_server import RedisServer
 from tests.support.server import HubProcess
 
@@ -86,6 +87,22 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A real 6-node Redis Cluster (3 primaries, 3 replicas) for the session, never killed by a
+    test (failover tests start their own). Tests isolate themselves by key prefix."""
+    with RedisCluster6() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_url() -> Iterator[str]:
+    """A real Sentinel group (primary, replica, 3 sentinels) for the session, never killed by a
+    test (failover tests start their own)."""
+    with SentinelGroup() as group:
+        yield group.url
 
 
 def redis_env(url: str, **extra: str) -> dict[str, str]:

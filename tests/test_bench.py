@@ -42,3 +42,30 @@ def test_smoke_run_measures_every_row(tmp_path: Path) -> None:
             assert target not in row["not_applicable"]
     assert not [n for n in document["notes"] if "FAILED" in n], document["notes"]
     assert {goal["verdict"] for goal in document["goals"]} <= {"PASS", "MISS"}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout(SMOKE_TIMEOUT_SECONDS + 30)
+def test_ha_smoke_run_measures_every_ha_row(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--ha", "--out", str(out)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_SECONDS,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    document = json.loads((out / "results.json").read_text())
+    rows = {row["key"]: row for row in document["ha_rows"]}
+    assert set(rows) == {"cluster_handshakes_per_s", "cluster_relay_per_s", "cluster_failover_s",
+                         "sentinel_failover_s"}
+    for key, row in rows.items():
+        assert isinstance(row["value"], int | float) and math.isfinite(row["value"]), (key, row)
+    for key in ("cluster_handshakes_per_s", "cluster_relay_per_s"):
+        assert rows[key]["single"] and rows[key]["ratio"], rows[key]
+    # Each failover was measured: handshakes were refused after the kill, then accepted again.
+    for target in ("cluster", "sentinel"):
+        failover = document["details"][target]["failover"]
+        assert "error" not in failover, failover
+        assert failover["refused"], failover
+    assert not [n for n in document["notes"] if "FAILED" in n], document["notes"]
+    assert "## Highly available Redis" in (out / "results.md").read_text()

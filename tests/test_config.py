@@ -366,13 +366,13 @@ def test_serve_refuses_a_bad_setting_with_one_line(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "REDIS://h", "redis://:hunter2@host:port/0", "unix:///tmp/r.sock"]
+    "url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis://:hunter2@host:port/0", "unix:///tmp/r.sock"]
 )
 def test_redis_url_of_an_unknown_scheme_or_unparseable(refused: Callable[..., str], url: str) -> None:
     message = refused("HUB_REDIS_URL", redis_url=url, jwt_secret=SECRET)
     assert "hunter2" not in message
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@redis.internal:6380"])
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@redis.internal:6380", "REDIS://h"])
 def test_redis_urls_the_engine_takes(env: Env, url: str) -> None:
     assert env(redis_url=url, jwt_secret=SECRET).redis_url == url

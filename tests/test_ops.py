@@ -287,6 +287,12 @@ def _hub_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _default(value: object) -> str:
+    """What compose substitutes for ``${NAME:-default}`` when NAME is unset."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:-([^}]*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
 def _image_tag(image: str) -> str | None:
     name = image.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
@@ -302,7 +308,7 @@ def test_compose_runs_two_hubs_on_shared_state() -> None:
     assert ipaddress.ip_address(nginx_ip) in subnet
     for name, svc in hubs.items():
         env = svc["environment"]
-        assert env["HUB_REDIS_URL"] == "redis://redis:6379/0", name
+        assert _default(env["HUB_REDIS_URL"]) == "redis://redis:6379/0", name
         assert env["HUB_DATABASE_URL"] == "postgresql+asyncpg://hub:hub@postgres:5432/hub", name
         assert env["HUB_ENV"] == "production", name
         assert str(env["HUB_WORKERS"]) == "2", name
@@ -327,7 +333,7 @@ def test_compose_hub_settings_pass_validation(monkeypatch: pytest.MonkeyPatch, t
         monkeypatch.delenv(key)
     for svc in _hub_services(_compose()).values():
         for key, value in svc["environment"].items():
-            monkeypatch.setenv(key, secrets.token_hex(32) if key == "HUB_JWT_SECRET" else str(value))
+            monkeypatch.setenv(key, secrets.token_hex(32) if key == "HUB_JWT_SECRET" else _default(value))
         settings = load_settings()
         assert settings.workers == 2 and settings.engine_name == "redis"
 

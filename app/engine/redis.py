@@ -18,9 +18,15 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   ``renew.lua`` and ``renew_agents.lua`` for the rules, notably "connected at"). A slot's
   :class:`ConnectionInfo` (JSON in ``info``) is written, released and expired with the slot, in
   the same script; a slot admitted without info is not listed.
-- Unreachable or failing Redis raises :class:`EngineUnavailable` within about a second (short
-  socket timeouts, one immediate reconnect attempt, no backoff), so a handshake fails closed fast.
-  redis-py reconnects on the next call: the engine recovers without a restart.
+- One primary, Sentinel or Redis Cluster, chosen by the URL's scheme
+  (:func:`app.engine._redis_client.parse_redis_url`), with the same guarantees on each. On a
+  cluster every script touches one slot (the hash tags above); pipelined batches are split by
+  node, so every batched script is safe to run twice; listing everyone walks every primary.
+- Unreachable or failing Redis (a dead primary included, until a replica is promoted) raises
+  :class:`EngineUnavailable` within about a second (short socket timeouts, one immediate
+  reconnect attempt, no backoff), so a handshake fails closed fast. The next call reconnects (to
+  the new primary after a failover; scripts missing there are reloaded on NOSCRIPT): the engine
+  recovers without a restart. :meth:`RedisEngine.ping` is true only when every primary answers.
 - Control events and routed messages are delegated to a
   :class:`~app.engine.redis_pubsub.RedisMessaging` (see its module for channels and guarantees).
 - Round trips: one per call (a script, a PUBLISH or a pipeline), except
@@ -32,7 +38,6 @@ Guarantees beyond :class:`app.engine.base.Engine`:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import secrets
@@ -45,7 +50,15 @@ import structlog
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from app.engine._redis_client import UNAVAILABLE, connect, tag, text
+from app.engine._redis_client import (
+    UNAVAILABLE,
+    aclose,
+    connect,
+    parse_redis_url,
+    ping_primaries,
+    tag,
+    text,
+)
 from app.engine._shared import DelegatedMessaging, check_info, normalize_ip, sort_connections
 from app.engine.base import (
     Admitted,
@@ -104,11 +117,14 @@ class RedisEngine(DelegatedMessaging):
             raise ValueError("the Redis key prefix must be non-empty and hold no braces")
         self.worker_id = worker_id
         self.prefix = prefix
-        self._client = connect(url, f"{prefix}:{worker_id}")
+        self.target = parse_redis_url(url)
+        self._client = connect(self.target, f"{prefix}:{worker_id}")
         self._scripts: dict[str, AsyncScript] = {
             name: self._client.register_script(load_script(name)) for name in SCRIPTS
         }
-        self._messaging = RedisMessaging(self._client, url=url, prefix=prefix, worker_id=worker_id)
+        self._messaging = RedisMessaging(
+            self._client, target=self.target, prefix=prefix, worker_id=worker_id
+        )
         self.channel = self._messaging.channel
         self.worker_channel = self._messaging.worker_channel
         self._closed = False
@@ -149,6 +165,7 @@ class RedisEngine(DelegatedMessaging):
             # Not fatal: the hub starts, refuses handshakes (fail closed) and recovers later;
             # redis-py loads the scripts on the first NOSCRIPT.
             log.warning("engine.start_degraded", error=type(exc).__name__)
+        log.info("engine.redis_started", topology=self.target.describe())
         await self._messaging.start()
 
     async def close(self) -> None:
@@ -156,12 +173,12 @@ class RedisEngine(DelegatedMessaging):
             return
         self._closed = True
         await self._messaging.close()
-        with contextlib.suppress(*UNAVAILABLE):
-            await self._client.aclose()
+        await aclose(self._client)
 
     async def ping(self) -> bool:
         try:
-            return bool(await asyncio.wait_for(self._client.ping(), PING_TIMEOUT_SECONDS))
+            # Every primary: on a cluster one dead shard is enough to refuse some handshakes.
+            return await asyncio.wait_for(ping_primaries(self._client), PING_TIMEOUT_SECONDS)
         except UNAVAILABLE:
             return False
 
@@ -177,15 +194,19 @@ class RedisEngine(DelegatedMessaging):
         """Run script ``name`` once per ``(keys, args)``, all in one pipelined round trip.
 
         Plain EVALSHA: redis-py's pipelined Script objects would first send SCRIPT EXISTS (a second
-        round trip) on every call. After a Redis restart the whole pipeline answers NOSCRIPT (so
-        nothing ran): the script is loaded and the pipeline sent once more. Raises the redis-py
+        round trip) on every call; given as a raw command, since a cluster pipeline refuses its
+        ``evalsha`` method. After a Redis restart or a failover (scripts are not replicated) the
+        pipeline answers NOSCRIPT: the script is loaded (on every primary of a cluster) and the
+        whole pipeline sent once more. On a cluster the batch is split by node and part of it may
+        have run before the error, so every batched script must be safe to run twice (they are:
+        list_connections reads, renew and renew_agents set absolute leases). Raises the redis-py
         errors; callers map them.
         """
         script = self._scripts[name]
         for attempt in range(2):
             async with self._client.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 try:
                     return list(await pipe.execute())
                 except NoScriptError:
@@ -257,12 +278,10 @@ class RedisEngine(DelegatedMessaging):
     async def _scan_info_keys(self) -> list[str]:
         pattern = f"{_glob_escape(self.prefix)}:{{u:*}}:info"
         keys: set[str] = set()
-        cursor: int = 0
-        while True:
-            cursor, page = await self._client.scan(cursor, match=pattern, count=SCAN_COUNT)
-            keys.update(k.decode() if isinstance(k, bytes) else str(k) for k in page)
-            if cursor == 0:
-                break
+        # scan_iter, not a loop on SCAN's cursor: a cluster answers one cursor per primary (a
+        # loop waiting for cursor 0 never ends); scan_iter walks every primary to its end.
+        async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
+            keys.add(text(key))
             if len(keys) >= LIST_MAX_USERS:
                 log.warning("engine.list_connections_truncated", users=len(keys))
                 break

@@ -2,14 +2,24 @@
 
 Guarantees:
 
-- Control events go through PUBLISH on ``{prefix}:control``; routed messages on
-  ``{prefix}:w:<worker_id>`` (:meth:`RedisMessaging.send_to_worker`),
-  ``{prefix}:ag:<tenant>:<agent>`` and ``{prefix}:ag:<tenant>:*``
-  (:meth:`RedisMessaging.publish_agent` publishes on both in one round trip). ``<tenant>`` and
-  ``<agent>`` are base64url (never ``*``), so no id aliases another channel. One subscriber
-  connection carries them all; its task reconnects with capped backoff and resubscribes every
-  channel (control, own worker, every watched agent) each time. Delivery is at most once
-  (messages published during an outage are lost).
+- Control events go on ``{<prefix>}:control``; routed messages on ``{<prefix>}:w:<worker_id>``
+  (:meth:`RedisMessaging.send_to_worker`), ``{<prefix>}:ag:<tenant>:<agent>`` and
+  ``{<prefix>}:ag:<tenant>:*`` (:meth:`RedisMessaging.publish_agent` publishes on both in one
+  round trip). ``<tenant>`` and ``<agent>`` are base64url (never ``*``), so no id aliases another
+  channel. One subscriber connection carries them all; its task reconnects with capped backoff
+  and resubscribes every channel (control, own worker, every watched agent) each time. Delivery
+  is at most once (messages published during an outage or a failover are lost).
+- Messages of one worker reach each other worker in the order they were published, whatever
+  their channels, on every topology. On a single primary and on Sentinel that is classic
+  PUBLISH / SUBSCRIBE on the primary. On a Redis Cluster every channel carries the hash tag
+  ``{<prefix>}``, so all of them live in one slot and go through sharded pub/sub (SPUBLISH /
+  SSUBSCRIBE) on the primary that owns it: classic PUBLISH would go to the node of each channel's
+  own slot and lose the order between channels. The price: messaging is carried by one shard
+  (as by the one primary of the other topologies); keys stay spread over all of them.
+- After a failover the subscriber reconnects to the new primary: the Sentinel client asks the
+  sentinels again, the cluster subscriber re-reads the slot map first (a pub/sub connection does
+  not refresh it by itself), and a shard that moves away (``sunsubscribe`` from Redis) makes it
+  reconnect too.
 - A worker watching an agent *and* ``*`` of its tenant gets each message on both channels; it
   delivers the tenant-wide copy only, so each message reaches its handler once.
 - Routed messages go to the handler through a :class:`~app.engine._delivery.MessageInbox` (one
@@ -31,9 +41,18 @@ from typing import Any, get_args
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.engine._delivery import WILDCARD, ControlDelivery, MessageInbox
-from app.engine._redis_client import UNAVAILABLE, connect, tag, text
+from app.engine._redis_client import (
+    UNAVAILABLE,
+    Client,
+    RedisTarget,
+    aclose,
+    subscriber_client,
+    tag,
+    text,
+)
 from app.engine.base import (
     ControlEvent,
     ControlHandler,
@@ -45,7 +64,8 @@ from app.engine.base import (
 log = structlog.get_logger("app.engine")
 
 SUBSCRIBER_BACKOFF_START = 0.1
-SUBSCRIBER_BACKOFF_CAP = 5.0
+# Low, so the subscriber is back within about a second of a replica's promotion.
+SUBSCRIBER_BACKOFF_CAP = 0.5
 # How long start() waits for the first subscription, so events published right after start are
 # delivered; past it, start() returns and the subscriber keeps trying in the background.
 SUBSCRIBE_WAIT_SECONDS = 2.0
@@ -54,6 +74,8 @@ SUBSCRIBE_WAIT_SECONDS = 2.0
 WATCH_WAIT_SECONDS = 1.0
 
 _KINDS: frozenset[str] = frozenset(get_args(ControlKind))
+# Sharded pub/sub's message types, as their classic counterparts.
+_SHARDED = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
 
 
 class RedisMessaging:
@@ -63,16 +85,24 @@ class RedisMessaging:
     own, opened by :meth:`start` when a handler is set.
     """
 
-    def __init__(self, client: aioredis.Redis, *, url: str, prefix: str, worker_id: str) -> None:
+    def __init__(self, client: Client, *, target: RedisTarget, prefix: str, worker_id: str) -> None:
         self.worker_id = worker_id
         self.prefix = prefix
-        self.channel = f"{prefix}:control"
+        # One hash tag for every channel: one slot on a cluster (see the module docstring).
+        self._tag = f"{{{prefix}}}"
+        self.channel = f"{self._tag}:control"
         self.worker_channel = self.worker_channel_of(worker_id)
         self._client = client
-        self._url = url
+        self._target = target
+        self._sharded = target.cluster
+        self._publish_command = "SPUBLISH" if self._sharded else "PUBLISH"
         self._control = ControlDelivery()
         self._inbox = MessageInbox()
         self._sub_client: aioredis.Redis | None = None
+        # Set when Redis moved a shard channel away (an unsubscribe nobody asked for): the
+        # subscriber reconnects. Counts the unsubscribes asked for and not yet confirmed.
+        self._moved = False
+        self._unsubscribing: dict[str, int] = {}
         self._subscriber: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         # The subscriber's live PubSub (None while (re)connecting) and the lock that serialises
@@ -93,10 +123,10 @@ class RedisMessaging:
         """The channel of one agent's messages; ``agent_id="*"`` is the tenant-wide channel
         (base64url never yields ``*``, so no agent id can alias it)."""
         agent = WILDCARD if agent_id == WILDCARD else tag(agent_id)
-        return f"{self.prefix}:ag:{tag(tenant)}:{agent}"
+        return f"{self._tag}:ag:{tag(tenant)}:{agent}"
 
     def worker_channel_of(self, worker_id: str) -> str:
-        return f"{self.prefix}:w:{worker_id}"
+        return f"{self._tag}:w:{worker_id}"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -111,7 +141,6 @@ class RedisMessaging:
         if self._subscriber is not None:
             return
         if self._control.handler is not None or self._inbox.handler is not None:
-            self._sub_client = connect(self._url, f"{self.prefix}:{self.worker_id}:sub")
             self._subscriber = asyncio.create_task(self._subscribe_forever(), name="engine-sub")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT_SECONDS)
@@ -125,9 +154,12 @@ class RedisMessaging:
         if subscriber is not None:
             await asyncio.gather(subscriber, return_exceptions=True)
         await self._inbox.close()
+        await self._close_sub_client()
+
+    async def _close_sub_client(self) -> None:
         if self._sub_client is not None:
-            with contextlib.suppress(*UNAVAILABLE):
-                await self._sub_client.aclose()
+            await aclose(self._sub_client)
+            self._sub_client = None
 
     # -- control events -----------------------------------------------------------------------
 
@@ -136,7 +168,7 @@ class RedisMessaging:
             {"kind": event.kind, "data": event.data, "from": self.worker_id}, separators=(",", ":")
         )
         try:
-            await self._client.publish(self.channel, payload)
+            await self._client.execute_command(self._publish_command, self.channel, payload)
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis publish: {type(exc).__name__}: {exc}") from exc
 
@@ -150,16 +182,23 @@ class RedisMessaging:
 
     async def send_to_worker(self, worker_id: str, message: str) -> None:
         try:
-            await self._client.publish(self.worker_channel_of(worker_id), message)
+            await self._client.execute_command(
+                self._publish_command, self.worker_channel_of(worker_id), message
+            )
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis send_to_worker: {type(exc).__name__}: {exc}") from exc
 
     async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.publish(self.agent_channel(tenant, agent_id), message)
+                # Raw commands: a cluster pipeline refuses its publish method. One slot: one node.
+                pipe.execute_command(
+                    self._publish_command, self.agent_channel(tenant, agent_id), message
+                )
                 if agent_id != WILDCARD:
-                    pipe.publish(self.agent_channel(tenant, WILDCARD), message)
+                    pipe.execute_command(
+                        self._publish_command, self.agent_channel(tenant, WILDCARD), message
+                    )
                 await pipe.execute()
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis publish_agent: {type(exc).__name__}: {exc}") from exc
@@ -202,9 +241,9 @@ class RedisMessaging:
                 if wanted:
                     waiter = asyncio.get_running_loop().create_future()
                     self._sub_waiters.setdefault(channel, []).append(waiter)
-                    await pubsub.subscribe(channel)
+                    await self._subscribe(pubsub, channel)
                 else:
-                    await pubsub.unsubscribe(channel)
+                    await self._unsubscribe(pubsub, channel)
             except UNAVAILABLE as exc:
                 log.warning("engine.watch_deferred", error=type(exc).__name__)
                 self._drop_waiter(channel, waiter)
@@ -237,20 +276,45 @@ class RedisMessaging:
             channels.append(self.worker_channel)
         return channels
 
+    async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self._sharded:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
+    async def _unsubscribe(self, pubsub: PubSub, channel: str) -> None:
+        if self._sharded:
+            self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+            await pubsub.sunsubscribe(channel)
+        else:
+            await pubsub.unsubscribe(channel)
+
+    async def _open_pubsub(self) -> PubSub:
+        """A pub/sub connection to the primary that carries this worker's channels now."""
+        if self._sub_client is None or self._sharded:
+            # On a cluster, anew each time: the owner of the messaging slot may have changed.
+            await self._close_sub_client()
+            self._sub_client = await subscriber_client(
+                self._target, self.channel, f"{self.prefix}:{self.worker_id}:sub"
+            )
+        return self._sub_client.pubsub()
+
     async def _subscribe_forever(self) -> None:
-        assert self._sub_client is not None
         backoff = SUBSCRIBER_BACKOFF_START
         lost = False
         while True:
-            pubsub: PubSub = self._sub_client.pubsub()
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._open_pubsub()
                 async with self._sub_lock:
                     # Everything at once, watched agents included: after a reconnect nothing
                     # that was watched is left out.
                     channels = [*self._base_channels(), *self._watch_channels]
                     self._initial_pending = set(channels)
                     self._confirmed.clear()
-                    await pubsub.subscribe(*channels)
+                    self._unsubscribing.clear()
+                    self._moved = False
+                    await self._subscribe(pubsub, *channels)
                     self._pubsub = pubsub
                 if lost:
                     log.info("engine.subscriber_restored", channel=self.channel)
@@ -261,6 +325,8 @@ class RedisMessaging:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_pubsub(message)
+                    if self._moved:
+                        raise RedisConnectionError("a shard channel moved to another node")
             except UNAVAILABLE as exc:
                 if not lost:
                     log.warning(
@@ -275,16 +341,25 @@ class RedisMessaging:
                 # Under the lock: no watch() is mid-SUBSCRIBE on the connection being closed.
                 async with self._sub_lock:
                     self._pubsub = None
-                with contextlib.suppress(*UNAVAILABLE):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                if pubsub is not None:
+                    with contextlib.suppress(*UNAVAILABLE):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, SUBSCRIBER_BACKOFF_CAP)
 
     def _on_pubsub(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
+        kind = _SHARDED.get(text(message.get("type")), message.get("type"))
         channel = text(message.get("channel", b""))
         if kind == "unsubscribe":
             self._confirmed.discard(channel)
+            asked = self._unsubscribing.get(channel, 0)
+            if asked > 1:
+                self._unsubscribing[channel] = asked - 1
+            elif asked == 1:
+                del self._unsubscribing[channel]
+            elif self._sharded:
+                # Not asked for: Redis moved the slot away (a failover, a resharding).
+                self._moved = True
             return
         if kind == "subscribe":
             self._confirmed.add(channel)

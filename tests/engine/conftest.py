@@ -1,8 +1,10 @@
-"""Fixtures of the engine contract suite: one ``engine`` fixture over both implementations.
+"""Fixtures of the engine contract suite: one ``engine`` fixture over every implementation.
 
-Redis comes from ``TEST_REDIS_URL`` when set, else from a throwaway ``redis-server`` started once
-per session (the suite fails, never skips, when neither is available). Each test gets its own key
-prefix, hence its own keys and control channel: no test sees another's state.
+The memory engine, and the Redis engine on each topology: a single primary (``TEST_REDIS_URL``
+when set, else a throwaway ``redis-server`` started once per session), a 6-node Redis Cluster and
+a Sentinel group (both started once per session, see :mod:`tests.support.redis_ha`). The suite
+fails, never skips, when a server cannot start. Each test gets its own key prefix, hence its own
+keys and control channel: no test sees another's state.
 """
 
 from __future__ import annotations
@@ -78,7 +80,47 @@ async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFacto
         await engine.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+# Every engine the contract holds for: memory, and Redis on each topology.
+ENGINES = [
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("cluster", marks=pytest.mark.redis),
+    pytest.param("sentinel", marks=pytest.mark.redis),
+]
+_URL_FIXTURES = {"redis": "redis_url", "cluster": "cluster_url", "sentinel": "sentinel_url"}
+
+
+def topology_url(request: pytest.FixtureRequest, topology: str) -> str:
+    """The session's Redis URL for ``topology`` (``redis``, ``cluster`` or ``sentinel``)."""
+    return str(request.getfixturevalue(_URL_FIXTURES[topology]))
+
+
+@pytest.fixture(params=[p for p in ENGINES if p != "memory"])
+async def any_redis_factory(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[RedisFactory]:
+    """Like ``redis_factory``, on each topology in turn (single, cluster, Sentinel)."""
+    url = topology_url(request, request.param)
+    made: list[RedisEngine] = []
+
+    async def make(
+        worker_id: str = "w1",
+        handler: Callable[[ControlEvent], Awaitable[None]] | None = None,
+        inbox: asyncio.Queue[str] | None = None,
+    ) -> RedisEngine:
+        engine = RedisEngine(url, prefix=prefix, worker_id=worker_id)
+        made.append(engine)
+        if handler is not None:
+            engine.subscribe(handler)
+        if inbox is not None:
+            engine.on_message(_into(inbox))
+        await engine.start()
+        return engine
+
+    yield make
+    for engine in made:
+        await engine.close()
+
+
+@pytest.fixture(params=ENGINES)
 async def engine(
     request: pytest.FixtureRequest,
     clock: ManualClock,
@@ -93,7 +135,7 @@ async def engine(
     if request.param == "memory":
         eng = MemoryEngine(worker_id="w1", clock=clock)
     else:
-        url = request.getfixturevalue("redis_url")
+        url = topology_url(request, request.param)
         eng = RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
 
     async def record(event: ControlEvent) -> None:
@@ -123,11 +165,11 @@ def _real_clock_engine(request: pytest.FixtureRequest) -> Engine:
     """Worker ``w1`` of the engine the fixture's parameter names, on its real clock."""
     if request.param == "memory":
         return MemoryEngine(worker_id="w1")
-    url = request.getfixturevalue("redis_url")
+    url = topology_url(request, request.param)
     return RedisEngine(url, prefix=request.getfixturevalue("prefix"), worker_id="w1")
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=ENGINES)
 async def realtime_engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     """Both engines on their default, real clocks."""
     eng = _real_clock_engine(request)
@@ -143,7 +185,7 @@ def _into(inbox: asyncio.Queue[str]) -> Callable[[str], Awaitable[None]]:
     return handler
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=ENGINES)
 async def routed(request: pytest.FixtureRequest) -> AsyncIterator[Routed]:
     """A started engine (worker ``w1``, real clock) whose routed messages land in the queue."""
     eng = _real_clock_engine(request)

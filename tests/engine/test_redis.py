@@ -1,4 +1,4 @@
-"""What only the Redis engine promises: cross-worker atomicity, fail-closed outages and recovery,
+"""What only the Redis engine promises: cross-worker atomicity (on every topology), fail-closed outages and recovery,
 one round trip per handshake check, cluster-safe keys."""
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ LIMITS = {"rate_limit": 1000, "max_connections": 10, "lease_seconds": 30}
 
 
 async def test_fifty_concurrent_admissions_across_five_workers_admit_exactly_ten(
-    redis_factory: RedisFactory,
+    any_redis_factory: RedisFactory,
 ) -> None:
-    workers = [await redis_factory(worker_id=f"w{n}") for n in range(5)]
+    workers = [await any_redis_factory(worker_id=f"w{n}") for n in range(5)]
     verdicts = await asyncio.gather(
         *(workers[n % 5].admit_user("alice", f"c{n}", **LIMITS) for n in range(50))
     )
@@ -42,16 +42,16 @@ async def test_fifty_concurrent_admissions_across_five_workers_admit_exactly_ten
 
 
 async def test_concurrent_ip_attempts_across_workers_respect_the_limit(
-    redis_factory: RedisFactory,
+    any_redis_factory: RedisFactory,
 ) -> None:
-    workers = [await redis_factory(worker_id=f"w{n}") for n in range(5)]
+    workers = [await any_redis_factory(worker_id=f"w{n}") for n in range(5)]
     verdicts = await asyncio.gather(
         *(workers[n % 5].check_ip("10.0.0.1", limit=7) for n in range(40))
     )
     assert verdicts.count(Admitted()) == 7
 
 
-async def test_events_reach_every_worker(redis_factory: RedisFactory) -> None:
+async def test_events_reach_every_worker(any_redis_factory: RedisFactory) -> None:
     inboxes: list[asyncio.Queue[ControlEvent]] = [asyncio.Queue() for _ in range(3)]
     workers = []
     for n, inbox in enumerate(inboxes):
@@ -59,7 +59,7 @@ async def test_events_reach_every_worker(redis_factory: RedisFactory) -> None:
         async def handler(event: ControlEvent, inbox: asyncio.Queue[ControlEvent] = inbox) -> None:
             inbox.put_nowait(event)
 
-        workers.append(await redis_factory(worker_id=f"w{n}", handler=handler))
+        workers.append(await any_redis_factory(worker_id=f"w{n}", handler=handler))
     sent = ControlEvent("ban", {"cidr": "192.0.2.0/24"})
     await workers[1].publish(sent)
     for inbox in inboxes:

@@ -31,9 +31,9 @@ def info(sub: str, conn_id: str, worker: str, at: float) -> ConnectionInfo:
 
 
 async def test_info_and_presence_are_cluster_wide_and_a_killed_worker_fades(
-    redis_factory: RedisFactory,
+    any_redis_factory: RedisFactory,
 ) -> None:
-    w1, w2 = await redis_factory(worker_id="w1"), await redis_factory(worker_id="w2")
+    w1, w2 = await any_redis_factory(worker_id="w1"), await any_redis_factory(worker_id="w2")
     alive, killed = info("alice", "c1", "w1", 1.0), info("alice", "c2", "w2", 2.0)
     assert await w1.admit_user("alice", "c1", **{**LIMITS, "lease_seconds": 1}, info=alive) == (
         Admitted()
@@ -61,9 +61,9 @@ async def test_info_and_presence_are_cluster_wide_and_a_killed_worker_fades(
     assert await w1.online_agents("acme") == {"a1"}
 
 
-async def test_send_to_worker_reaches_only_that_worker(redis_factory: RedisFactory) -> None:
+async def test_send_to_worker_reaches_only_that_worker(any_redis_factory: RedisFactory) -> None:
     inboxes: list[asyncio.Queue[str]] = [asyncio.Queue() for _ in range(3)]
-    workers = [await redis_factory(worker_id=f"w{n}", inbox=q) for n, q in enumerate(inboxes)]
+    workers = [await any_redis_factory(worker_id=f"w{n}", inbox=q) for n, q in enumerate(inboxes)]
     await workers[0].send_to_worker("w1", "for w1")
     await workers[1].send_to_worker("w2", "for w2")
     await workers[2].send_to_worker("w0", "for w0")
@@ -76,11 +76,11 @@ async def test_send_to_worker_reaches_only_that_worker(redis_factory: RedisFacto
 
 
 async def test_publish_agent_reaches_each_watching_worker_exactly_once(
-    redis_factory: RedisFactory,
+    any_redis_factory: RedisFactory,
 ) -> None:
     names = ["agent", "tenant", "both", "none", "other"]
     inboxes = {name: asyncio.Queue[str]() for name in names}
-    workers = {name: await redis_factory(worker_id=name, inbox=inboxes[name]) for name in names}
+    workers = {name: await any_redis_factory(worker_id=name, inbox=inboxes[name]) for name in names}
     await workers["agent"].watch("acme", "a1")
     await workers["tenant"].watch("acme", "*")
     await workers["both"].watch("acme", "a1")
@@ -305,3 +305,14 @@ async def _wait_for(predicate: Any, seconds: float) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def test_everyone_is_listed_whichever_node_holds_them(any_redis_factory: RedisFactory) -> None:
+    # On a cluster these users spread over every primary: SCAN answers one cursor per node.
+    w1 = await any_redis_factory(worker_id="w1")
+    rows = [info(f"user-{n}", f"c{n}", "w1", float(n)) for n in range(40)]
+    for row in rows:
+        assert await w1.admit_user(row.sub, row.conn_id, **LIMITS, info=row) == Admitted()
+    assert await w1.list_connections() == rows
+    await w1.renew(rows, lease_seconds=30)  # one pipeline, split by node on a cluster
+    assert await w1.list_connections() == rows
