@@ -1,11 +1,10 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both work on a fresh clone: they
 # create the virtual environment and install the project on first use; `make test` also installs
-# the system parts its tests drive (.ci/system-deps) and the JavaScript client's packages.
+# the system parts its tests drive (.ci/system-deps) and the Node packages its tests use.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-JS     := clients/js
 
 .PHONY: run test test-deps system lint bench install wheel clean
 
@@ -28,17 +27,18 @@ run: install .env
 	$(BIN)/hubctl migrate
 	$(BIN)/hubctl serve
 
-# Everything the suite needs beyond the virtualenv: system packages, and the JavaScript client's
-# dependencies from its lock file when that client is present.
-JS_STAMP := $(if $(wildcard $(JS)/package-lock.json),$(JS)/node_modules/.package-lock.json)
+# Everything the suite needs beyond the virtualenv: system packages, and the Node packages of
+# the JavaScript client and of the test identity provider, each from its lock file.
+NPM_DIRS   := $(patsubst %/package-lock.json,%,$(wildcard clients/js/package-lock.json tests/idp/package-lock.json))
+NPM_STAMPS := $(addsuffix /node_modules/.package-lock.json,$(NPM_DIRS))
 
 system:
 	@./.ci/system-deps
 
-test-deps: install system $(JS_STAMP)
+test-deps: install system $(NPM_STAMPS)
 
-$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json | system
-	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+%/node_modules/.package-lock.json: %/package-lock.json | system
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 test: test-deps

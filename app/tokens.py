@@ -179,7 +179,12 @@ _MISSING: Any = object()
 
 
 def _at(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at a dotted claim path (``realm_access.roles``), or ``_MISSING``."""
+    """The value at a dotted claim path (``realm_access.roles``), or ``_MISSING``. A top-level
+    claim whose name is the whole path wins: namespaced claims are URLs with dots in them
+    (``https://hub.example.com/roles``)."""
+    whole = ".".join(path)
+    if len(path) > 1 and whole in claims:
+        return claims[whole]
     value: Any = claims
     for part in path:
         if not isinstance(value, dict) or part not in value:

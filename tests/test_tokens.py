@@ -1100,3 +1100,10 @@ async def test_a_token_living_longer_than_the_maximum_is_refused(build: Callable
     default = build()
     assert (await default.verify(good(exp=int(NOW) + 86400))).sub == "agent-1"
     await refused(default, good(exp=int(NOW) + 86400 + 31), Code.CLAIMS_INVALID)
+
+
+async def test_a_namespaced_claim_with_dots_in_its_name(build: Callable[..., TokenVerifier]) -> None:
+    verifier = build(jwt_roles_claim="https://hub.example.com/roles", jwt_tenant_claim="https://hub.example.com/org")
+    token = good(roles=MISSING, **{"https://hub.example.com/roles": ["agent"], "https://hub.example.com/org": "t1"})
+    principal = await verifier.verify(token)
+    assert principal.roles == {"agent"} and principal.tenant == "t1"
