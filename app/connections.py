@@ -190,6 +190,7 @@ class Registry:
             ConnectionInfo(
                 conn_id=a.conn_id, sub=a.principal.sub, endpoint=a.endpoint.value,
                 client_ip=a.client_ip, worker=worker_id, connected_at=a.connected_at,
+                tenant=a.principal.tenant or "",
             )
             for a in (c.session.admission for c in self._by_id.values())
         ]

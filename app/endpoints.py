@@ -186,6 +186,7 @@ def _refresh_event(conn: Connection, code: Code, exc: TokenError | None) -> Secu
         jti=exc.jti if exc else None,
         fingerprint=exc.fingerprint if exc else None,
         detail=exc.detail if exc else None,
+        tenant=conn.session.principal.tenant,
     )
 
 
@@ -201,6 +202,7 @@ def _close_event(conn: Connection) -> SecurityEvent:
         verified_sub=conn.sub,
         jti=conn.session.principal.jti,
         fingerprint=conn.session.principal.fingerprint,
+        tenant=conn.session.principal.tenant,
     )
 
 

@@ -218,6 +218,7 @@ class Hub:
             event="hub.forbidden", code=Code.FORBIDDEN, endpoint=admission.endpoint.path,
             client_ip=admission.client_ip, verified_sub=conn.sub,
             jti=conn.session.principal.jti, detail=f"{message.type}: {why}",
+            tenant=conn.session.principal.tenant,
         ))
         conn.send(error(Code.FORBIDDEN, why, message.id))
 

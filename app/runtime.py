@@ -180,17 +180,19 @@ class Runtime:
         data = event.data
         if event.kind == "kick":
             sub = str(data["sub"])
-            closed = self.registry.close_where(lambda c: c.sub == sub, Code.KICKED)
-        elif event.kind == "revoke_jti":
-            jti = str(data["jti"])
-            self.revocations.add(Revocation(jti=jti, expires_at=data.get("expires_at")))
+            scope = data.get("tenant")  # None: that sub in every tenant
             closed = self.registry.close_where(
-                lambda c: c.session.principal.jti == jti, Code.TOKEN_REVOKED
+                lambda c: c.sub == sub and (scope is None or (c.session.principal.tenant or "") == scope),
+                Code.KICKED,
             )
-        elif event.kind == "revoke_sub":
-            self.revocations.add(
-                Revocation(sub=str(data["sub"]), issued_before=data.get("issued_before"))
-            )
+        elif event.kind in ("revoke_jti", "revoke_sub"):
+            tenant = data.get("tenant")
+            self.revocations.add(Revocation(
+                jti=str(data["jti"]) if event.kind == "revoke_jti" else None,
+                sub=str(data["sub"]) if event.kind == "revoke_sub" else None,
+                issued_before=data.get("issued_before"), expires_at=data.get("expires_at"),
+                tenant=None if tenant is None else str(tenant),
+            ))
             closed = self.registry.close_where(
                 lambda c: self.revocations.is_revoked(c.session.principal), Code.TOKEN_REVOKED
             )

@@ -37,6 +37,8 @@ class SecurityEvent:
     jti: str | None = None
     fingerprint: str | None = None
     detail: str | None = None
+    tenant: str | None = None  # the verified tenant, when there is one
+    count: int = 1  # refused attempts this event stands for (see app.flood)
     at: float = field(default_factory=time.time)
     worker: str = WORKER_ID
 
