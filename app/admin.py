@@ -4,10 +4,13 @@ gatekeeper as the sockets (same codes, same logging). A thin layer over :mod:`ap
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator, model_validator
@@ -95,6 +98,14 @@ class ErrorBody(BaseModel):
     message: str
 
 
+async def validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 ``{"detail": [...]}``, written as ASCII JSON: the default handler fails with a
+    500 when the echoed input holds a lone surrogate (``{"jti": "a\\ud800b"}``)."""
+    assert isinstance(exc, RequestValidationError)
+    body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    return Response(body, status_code=422, media_type="application/json")
+
+
 def _error(code: Code, status: int | None = None, message: str | None = None) -> JSONResponse:
     entry = spec(code)
     return JSONResponse(
@@ -162,12 +173,12 @@ def _cursor(value: str | None) -> EventCursor | None:
         return None
     try:
         at, _, ident = base64.urlsafe_b64decode(value.encode()).decode().partition("|")
-        cursor = EventCursor(at=datetime.fromisoformat(at).astimezone(UTC), id=int(ident))
+        moment, number = datetime.fromisoformat(at), int(ident)
+        if moment.tzinfo is None or not 0 <= number < 2**63:  # our cursors: aware, a BIGINT id
+            raise ValueError(value)
+        return EventCursor(at=moment.astimezone(UTC), id=number)
     except (ValueError, UnicodeError, OverflowError):
         raise ValueError("not a cursor from a previous page") from None
-    if not 0 <= cursor.id < 2**63 or cursor.at.tzinfo is None:  # a BIGINT, an aware time
-        raise ValueError("not a cursor from a previous page")
-    return cursor
 
 
 def _encode_cursor(cursor: EventCursor) -> str:

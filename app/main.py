@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from app.admin import router as admin_router
+from app.admin import validation_error
 from app.config import Settings, SettingsError, load_settings
 from app.console import router as console_router
 from app.endpoints import refuse, unavailable
@@ -58,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(HandshakeRefused, refuse)  # type: ignore[arg-type]
     app.add_exception_handler(EngineUnavailable, unavailable)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(ws_router)
     app.include_router(admin_router)
     app.include_router(console_router)
