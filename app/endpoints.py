@@ -92,7 +92,10 @@ async def _serve(websocket: WebSocket, admission: Admission) -> None:
     runtime = _runtime(websocket)
     settings = runtime.settings
     await websocket.accept(subprotocol=admission.subprotocol)
-    conn = Connection(websocket, Session(admission, runtime.limits, time.time()), settings.send_queue_size)
+    conn = Connection(
+        websocket, Session(admission, runtime.limits, time.time()), settings.send_queue_size,
+        max_chars=settings.send_queue_size * settings.max_message_bytes,
+    )
     endpoint = admission.endpoint.value
     runtime.registry.add(conn)
     metrics.ACTIVE.labels(endpoint).inc()

@@ -176,10 +176,25 @@ class Presence(_Server):
     status: Literal["online", "offline"]
 
 
+class AgentStatus(_Server):
+    """One agent's presence inside a :class:`PresenceSnapshot`."""
+
+    agent_id: str
+    status: Literal["online", "offline"]
+
+
+class PresenceSnapshot(_Server):
+    """After ``subscribed``: the current presence of many agents at once (a batch of at most
+    ``SNAPSHOT_BATCH``), so that a subscription of any size is a handful of messages."""
+
+    type: Literal["presence.snapshot"] = "presence.snapshot"
+    agents: list[AgentStatus]
+
+
 ServerMessage = (
     Welcome | AuthExpiring | AuthRefreshed | Error | Pong | Subscribed | CommandAccepted
     | CommandDelivery
-    | ResultDelivery | EventDelivery | Presence
+    | ResultDelivery | EventDelivery | Presence | PresenceSnapshot
 )
 
 

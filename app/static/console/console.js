@@ -235,6 +235,11 @@
         upsert(m.agent_id).status = m.status;
         renderAgents();
         break;
+      case "presence.snapshot":
+        // A large subscription's statuses, batched: one render per batch.
+        for (const a of m.agents) upsert(a.agent_id).status = a.status;
+        renderAgents();
+        break;
       case "event": {
         upsert(m.agent_id).last = m.payload;
         renderAgents();
