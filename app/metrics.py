@@ -59,6 +59,11 @@ MESSAGES = Counter("hub_messages_total", "Messages by type and direction", ["typ
 CLOSES = Counter("hub_closes_total", "Server-initiated closes by code", ["code"])
 ENGINE_ERRORS = Counter("hub_engine_errors_total", "State engine failures by operation", ["op"])
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
+HTTP_HEADS_REFUSED = Counter(
+    "hub_http_heads_refused_total",
+    "Request heads refused before the app (reason: timeout, too_large, malformed)",
+    ["reason"],
+)
 # An info-style gauge (prometheus' Info type does not work in multiprocess mode); max: 1, not N.
 BUILD_INFO = Gauge("hub_build_info", "The hub's version (always 1)", ["version"], multiprocess_mode="max")
 
