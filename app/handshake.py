@@ -20,6 +20,7 @@ from app.bans import BanList
 from app.config import Settings
 from app.engine import Admitted, ConnectionInfo, Engine, EngineUnavailable, Refused
 from app.errors import Code
+from app.flood import FloodGate
 from app.netaddr import NetworkSet, client_ip, limit_key
 from app.revocations import RevocationList
 from app.roles import Endpoint, is_admin, may_connect
@@ -139,6 +140,8 @@ class Gatekeeper:
         self._revocations = revocations
         self._log = security_log
         self._trusted = NetworkSet(settings.trusted_networks)
+        # Address refusals (bans, per-IP rate) of one address are recorded once per window.
+        self.floods = FloodGate()
         self._origins = frozenset(settings.allowed_origins)
         # Set while the worker shuts down: new handshakes go elsewhere.
         self.draining = False
@@ -151,7 +154,7 @@ class Gatekeeper:
         revocation and logging as a handshake, then role ``admin``; with ``platform``, also no
         ``tenant`` (a tenant admin is refused ``role_forbidden``). Raises HandshakeRefused."""
         ip = self.client_ip(request.peer, request.forwarded_for)
-        refuse = _Refuser(self._log, request, ip, event="admin.auth_failed")
+        refuse = _Refuser(self._log, request, ip, event="admin.auth_failed", floods=self.floods)
         if self._bans.is_banned(ip):
             raise refuse(Code.IP_BANNED, http_only=True)
         await self._check_address(refuse, ip)
@@ -186,7 +189,7 @@ class Gatekeeper:
     async def _decide(self, request: HandshakeRequest, ip: str, subprotocol: str | None) -> Admission:
         assert request.endpoint is not None
         settings = self._settings
-        refuse = _Refuser(self._log, request, ip)
+        refuse = _Refuser(self._log, request, ip, floods=self.floods)
         if self.draining:
             raise refuse(Code.UNAVAILABLE, retry_after=1)
         origin = request.headers.get("origin")
@@ -296,9 +299,10 @@ class _Refuser:
 
     def __init__(
         self, security_log: SecurityLog, request: HandshakeRequest, ip: str,
-        event: str = "ws.auth_failed",
+        event: str = "ws.auth_failed", floods: FloodGate | None = None,
     ) -> None:
         self._log = security_log
+        self._floods = floods
         self._event = event
         self._request = request
         self.ip = ip
@@ -314,20 +318,22 @@ class _Refuser:
     ) -> HandshakeRefused:
         headers = self._request.headers
         principal = self.principal
-        self._log.record(
-            SecurityEvent(
-                event=self._event,
-                code=code,
-                endpoint=self._request.path,
-                client_ip=self.ip,
-                user_agent=headers.get("user-agent"),
-                origin=headers.get("origin"),
-                claimed_sub=error.claimed_sub if error else None,
-                verified_sub=principal.sub if principal else None,
-                jti=error.jti if error else principal.jti if principal else None,
-                fingerprint=error.fingerprint if error else principal.fingerprint if principal else None,
-                detail=error.detail if error else None,
-                tenant=principal.tenant if principal else None,
-            )
+        event = SecurityEvent(
+            event=self._event,
+            code=code,
+            endpoint=self._request.path,
+            client_ip=self.ip,
+            user_agent=headers.get("user-agent"),
+            origin=headers.get("origin"),
+            claimed_sub=error.claimed_sub if error else None,
+            verified_sub=principal.sub if principal else None,
+            jti=error.jti if error else principal.jti if principal else None,
+            fingerprint=error.fingerprint if error else principal.fingerprint if principal else None,
+            detail=error.detail if error else None,
+            tenant=principal.tenant if principal else None,
         )
+        # An address refusal is what a flood from a banned or rate-limited address produces.
+        recorded = self._floods.admit(event) if http_only and self._floods is not None else event
+        if recorded is not None:
+            self._log.record(recorded)
         return HandshakeRefused(code, retry_after=retry_after, http_only=http_only)

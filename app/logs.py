@@ -159,17 +159,27 @@ def configure_logging(
     install_redaction()
     # uvicorn's lines for accepted connections say less than ws.connected / ws.disconnected, at a
     # cost on every handshake; refusals, startup, shutdown and errors still come through.
-    chatter = logging.getLogger("uvicorn.error")
-    if _CHATTER not in chatter.filters:
-        chatter.addFilter(_CHATTER)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        chatter = logging.getLogger(name)
+        if _CHATTER not in chatter.filters:
+            chatter.addFilter(_CHATTER)
 
 
 class _DropConnectionChatter(logging.Filter):
-    # Refusals keep uvicorn's line (the status, next to ws.auth_failed); accepted ones do not.
+    # Refusals keep uvicorn's line (the status, next to ws.auth_failed); accepted ones do not,
+    # nor 403 and 429 refusals: those are what a flood from a banned or rate-limited address
+    # produces, and the hub's own line (at most one per address and code per 10 s) says more.
     _MESSAGES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+    _FLOOD_STATUSES = frozenset({403, 429})
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self._MESSAGES
+        if record.msg in self._MESSAGES:
+            return False
+        args = record.args
+        return not (
+            isinstance(args, tuple) and args and args[-1] in self._FLOOD_STATUSES
+            and isinstance(record.msg, str) and record.msg.startswith("%s - ")
+        )
 
 
 _CHATTER = _DropConnectionChatter()

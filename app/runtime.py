@@ -26,6 +26,7 @@ from app.store import EventWriter, Store, run_retention
 from app.tokens import TokenVerifier
 
 log = get_logger("app.runtime")
+FLOOD_CHECK_SECONDS = 1.0
 
 
 class Runtime:
@@ -81,6 +82,7 @@ class Runtime:
         if self.jwks is not None:
             await self.jwks.prefetch()
         self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
+        self._tasks.append(asyncio.create_task(self._record_floods(), name="flood-records"))
         self._tasks.append(asyncio.create_task(
             run_retention(self.store, self.settings.security_event_retention_days),
             name="retention",
@@ -174,6 +176,13 @@ class Runtime:
                 log.warning("engine.renew_failed", connections=len(leases))
             except Exception:
                 log.exception("engine.renew_error")
+
+    async def _record_floods(self) -> None:
+        """Record the counted refusals of flood windows that have ended (see app.flood)."""
+        while True:
+            await asyncio.sleep(FLOOD_CHECK_SECONDS)
+            for event in self.gatekeeper.floods.due():
+                self.security_log.record(event)
 
     async def on_control(self, event: ControlEvent) -> None:
         """Apply a cluster-wide instruction to this worker's connections."""

@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from app.errors import Code
 from app.logs import get_logger
@@ -44,6 +44,15 @@ class SecurityEvent:
 
 
 EventSink = Callable[[SecurityEvent], None]
+MAX_HEADER_CHARS = 256
+
+
+def _too_long(value: str | None) -> bool:
+    return value is not None and len(value) > MAX_HEADER_CHARS
+
+
+def _cut(value: str | None) -> str | None:
+    return value[:MAX_HEADER_CHARS] if value is not None else None
 
 
 class SecurityLog:
@@ -56,7 +65,13 @@ class SecurityLog:
         self._sink = sink
 
     def record(self, event: SecurityEvent) -> None:
+        """Log ``event`` and hand it to the sink, with its header values cut to
+        ``MAX_HEADER_CHARS`` (an 8 KB User-Agent must not cost 8 KB per refusal)."""
+        if _too_long(event.user_agent) or _too_long(event.origin):
+            event = replace(event, user_agent=_cut(event.user_agent), origin=_cut(event.origin))
         fields = {k: v for k, v in asdict(event).items() if v is not None and k != "event"}
+        if event.count == 1:
+            del fields["count"]
         fields["code"] = str(event.code)
         if event.claimed_sub is not None:
             # Read from a token whose signature may not have been checked: say so.
