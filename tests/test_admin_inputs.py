@@ -80,6 +80,23 @@ async def test_bad_query_values_are_422_not_500(hub: HubProcess) -> None:
             assert answer.status_code == 422, (params, answer.status_code, answer.text)
 
 
+async def test_odd_paths_and_queries_are_never_500(hub: HubProcess) -> None:
+    odd = ["%ED%A0%80", "%00", "%FF%FE", "a%0Ab", "x" * 300]
+    async with _admin(hub) as client:
+        for value in odd:
+            for method, url in (
+                ("GET", f"/admin/connections?sub={value}"),
+                ("GET", f"/admin/connections?tenant={value}"),
+                ("GET", f"/admin/security-events?code={value}&sub={value}"),
+                ("POST", f"/admin/users/{value}/disconnect"),
+                ("POST", f"/admin/users/{value}/disconnect?tenant={value}"),
+                ("DELETE", f"/admin/bans/{value}"),
+            ):
+                answer = await client.request(method, url)
+                assert answer.status_code < 500, (method, url, answer.status_code, answer.text)
+    assert "Exception in ASGI application" not in hub.log_text()
+
+
 async def test_bad_bodies_are_422_not_500(hub: HubProcess) -> None:
     async with _admin(hub) as client:
         for path, body in BAD_BODIES:
