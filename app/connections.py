@@ -90,7 +90,8 @@ class Connection:
         if self.close_code is not None:
             return
         loop = asyncio.get_running_loop()
-        if not self._pending:
+        if not self._pending and self._writer is None:
+            # An idle writer is not a stalled one: the stall clock starts now.
             self._progress_at = loop.time()
         self._pending.append(text)
         self._chars += len(text)

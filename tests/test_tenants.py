@@ -96,6 +96,15 @@ async def test_tenant_admin_sees_and_acts_on_its_own_tenant_only(tenant_hub: Hub
             assert (await bob_b.expect("pong"))["ref"] == 2
             listed_revocations = (await admin_a.get("/admin/revocations")).json()
             assert [r["sub"] for r in listed_revocations] == [sub]
+            # A jti is one row: another tenant's admin neither sees nor re-scopes its revocation.
+            jti_a = await admin_a.post("/admin/revocations", json={"jti": f"jti-{sub}"})
+            assert jti_a.status_code == 201 and jti_a.json()["tenant"] == "a"
+            async with _admin(tenant_hub, "b") as admin_b:
+                clash = await admin_b.post("/admin/revocations", json={"jti": f"jti-{sub}", "reason": "b"})
+            assert clash.status_code == 422 and "a" not in clash.json().get("message", "").split()
+            again = await admin_a.post("/admin/revocations", json={"jti": f"jti-{sub}"})
+            assert again.status_code == 201 and again.json()["id"] == jti_a.json()["id"]
+
             # Security events: tenant a's refusal and kick are visible to a, not to b.
             events_a = await _events_until(admin_a, sub, "token_revoked")
             async with _admin(tenant_hub, "b") as admin_b:

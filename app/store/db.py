@@ -260,8 +260,9 @@ class Store:
         (default: now, fixed at this call so that it means the same after a restart).
 
         Exactly one of ``jti`` and ``sub`` is given. Revoking an already revoked ``jti`` is not an
-        error: the existing entry is returned unchanged (even under concurrent calls).
-        ``tenant`` limits the revocation to that tenant's tokens (None: every tenant).
+        error: the existing entry is returned unchanged (even under concurrent calls); revoking it
+        again for another ``tenant`` raises ValueError. ``tenant`` limits the revocation to that
+        tenant's tokens (None: every tenant).
         """
         if (jti is None) == (sub is None):
             raise ValueError("give exactly one of jti and sub")
@@ -290,6 +291,10 @@ class Store:
             existing = await self._revocation_by_jti(jti)
             if existing is None:  # deleted between the two statements: unlikely; report it
                 raise
+            if existing.tenant != record.tenant:
+                # One row per jti: another scope's revocation is neither returned (it is another
+                # tenant's) nor widened or narrowed silently.
+                raise ValueError("this jti is already revoked for another tenant scope") from None
             return existing
         return record
 
