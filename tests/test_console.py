@@ -201,3 +201,24 @@ async def test_console_refreshes_in_band_past_the_first_tokens_expiry(
     assert await console.page.get_attribute("#status", "data-connection") == connection
     assert "expired" not in (await console.page.text_content("#notice") or "")
     console.assert_no_csp_violation()
+
+
+async def test_console_shows_a_fleet_sent_as_presence_snapshots(context: BrowserContext, hub: HubProcess) -> None:
+    import secrets
+
+    from tests.support.peer import Peer
+
+    tenant = f"console-fleet-{secrets.token_hex(3)}"
+    ids = [f"fleet-{i:02d}" for i in range(30)]  # more than 16: their presence comes as snapshots
+    agents = [await Peer.connect(f"{hub.url}/ws/agent", make_token(a, ["agent"], tenant=tenant)) for a in ids]
+    try:
+        console = await Console.open(context, hub)
+        await console.connect(make_token("console-fleet-op", OPERATOR, tenant=tenant))
+        await console.wait_text("#status", "connected")
+        for agent_id in (ids[0], ids[-1]):
+            await console.wait_text(f'tr[data-agent="{agent_id}"]', "online")
+        assert await console.page.locator("tr[data-agent]").count() == len(ids)
+        console.assert_no_csp_violation()
+    finally:
+        for agent in agents:
+            await agent.close()
