@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from app.errors import Code
-from app.logs import get_logger
+from app.logs import get_logger, redact
 
 log = get_logger("app.security")
 
@@ -69,6 +69,15 @@ class SecurityLog:
         ``MAX_HEADER_CHARS`` (an 8 KB User-Agent must not cost 8 KB per refusal)."""
         if _too_long(event.user_agent) or _too_long(event.origin):
             event = replace(event, user_agent=_cut(event.user_agent), origin=_cut(event.origin))
+        # The log line is redacted when rendered; the stored row must be too (a token pasted into
+        # a User-Agent or an Origin header reaches the sink otherwise).
+        texts = (event.user_agent, event.origin, event.claimed_sub, event.detail)
+        cleaned = tuple(redact(text) if text is not None else None for text in texts)
+        if cleaned != texts:
+            event = replace(
+                event, user_agent=cleaned[0], origin=cleaned[1], claimed_sub=cleaned[2],
+                detail=cleaned[3],
+            )
         fields = {k: v for k, v in asdict(event).items() if v is not None and k != "event"}
         if event.count == 1:
             del fields["count"]

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import sqlite3
 import time
 
 import httpx
@@ -50,6 +51,17 @@ async def test_tokens_of_any_spelling_are_redacted_everywhere(hub: HubProcess) -
     await asyncio.sleep(0.5)
     text = hub.log_text()
     assert "[redacted-jwt]" in text
+    # Nor in a stored row (the security events of the refused admin requests).
+    stored = ""
+    for _ in range(50):
+        with sqlite3.connect(hub.workdir / "shared.db") as db:
+            rows = db.execute("select * from security_events where user_agent like 'probe %'").fetchall()
+        stored = repr(rows)
+        if len(rows) >= len(tokens):
+            break
+        await asyncio.sleep(0.1)
+    assert "probe [redacted-jwt]" in stored
     for token in tokens:
         for part in (token, *token.split(".")[1:]):
             assert part not in text, part[:20]
+            assert part not in stored, part[:20]
