@@ -169,7 +169,11 @@ class _DropConnectionChatter(logging.Filter):
     # Refusals keep uvicorn's line (the status, next to ws.auth_failed); accepted ones do not,
     # nor 403 and 429 refusals: those are what a flood from a banned or rate-limited address
     # produces, and the hub's own line (at most one per address and code per 10 s) says more.
-    _MESSAGES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+    _MESSAGES = frozenset({
+        '%s - "WebSocket %s" [accepted]', "connection open", "connection closed",
+        # h11's refusal of a malformed head: answered 400 and counted (hub_http_heads_refused_total).
+        "Invalid HTTP request received.",
+    })
     _FLOOD_STATUSES = frozenset({403, 429})
 
     def filter(self, record: logging.LogRecord) -> bool:

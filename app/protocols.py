@@ -77,6 +77,14 @@ class HubH11Protocol(H11Protocol):
             # Keep-alive: the next request's head gets the same rules.
             self._await_head()
 
+    def send_400_response(self, msg: str) -> None:
+        # h11 refused the head (uvicorn's warning line for it is dropped by app.logs: a flood of
+        # malformed requests must not cost a line each); counted instead.
+        metrics.HTTP_HEADS_REFUSED.labels("malformed").inc()
+        self._stop_head_timer()
+        self._head_done = True
+        super().send_400_response(msg)
+
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         for name, value in self.headers:
             if name in _ASCII_ONLY and not value.isascii():
