@@ -65,8 +65,8 @@ def _text(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("not valid Unicode text") from None
-    if any(not c.isprintable() for c in value):
-        raise ValueError("control characters are not allowed") from None
+    if not value.isprintable():
+        raise ValueError("control characters are not allowed")
     return value
 
 
@@ -80,7 +80,7 @@ def _utc(value: datetime) -> datetime:
 
 Admin = Annotated[Principal, Depends(admin_principal)]
 PlatformAdmin = Annotated[Principal, Depends(platform_admin)]
-Text = Annotated[str, Field(max_length=500), AfterValidator(lambda v: _text(v) if v else v)]
+Text = Annotated[str, Field(max_length=500), AfterValidator(_text)]
 Name = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_text)]
 UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
 
@@ -99,10 +99,12 @@ class ErrorBody(BaseModel):
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's 422 ``{"detail": [...]}``, written as ASCII JSON: the default handler fails with a
-    500 when the echoed input holds a lone surrogate (``{"jti": "a\\ud800b"}``)."""
+    """FastAPI's 422 ``{"detail": [...]}`` without the echoed ``input`` (it may be a token pasted in
+    the wrong field, and a lone surrogate in it made the default handler fail with a 500), written
+    as ASCII JSON."""
     assert isinstance(exc, RequestValidationError)
-    body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    details = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    body = json.dumps({"detail": jsonable_encoder(details)}, ensure_ascii=True)
     return Response(body, status_code=422, media_type="application/json")
 
 

@@ -108,3 +108,11 @@ async def test_bad_bodies_are_422_not_500(hub: HubProcess) -> None:
 
 def _json(body: dict[str, str]) -> bytes:
     return json.dumps(body).encode()
+
+
+async def test_a_422_does_not_echo_the_input(hub: HubProcess) -> None:
+    token = make_token("x" * 200, ["agent"])  # a token pasted into the wrong field (> 256 chars)
+    async with _admin(hub) as client:
+        answer = await client.post("/admin/revocations", json={"jti": token})
+    assert answer.status_code == 422 and answer.json()["detail"]
+    assert token not in answer.text and token.split(".")[2] not in answer.text
