@@ -7,12 +7,11 @@ worker must count the same failures.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
 
 from app.config import IPNetwork
-from app.netaddr import IPAddress, NetworkSet, parse_ip
+from app.netaddr import IPAddress, NetworkSet, parse_ip, parse_network
 
 
 class BanList:
@@ -24,12 +23,12 @@ class BanList:
         self._clock = clock
 
     def add(self, ban_id: str, cidr: str, expires_at: float | None = None) -> None:
-        self._dynamic[ban_id] = (ipaddress.ip_network(cidr, strict=False), expires_at)
+        self._dynamic[ban_id] = (parse_network(cidr), expires_at)
 
     def replace(self, bans: Iterable[tuple[str, str, float | None]]) -> None:
         """Swap in the operators' bans as ``(id, cidr, expires_at)`` (a reload from the store)."""
         self._dynamic = {
-            ban_id: (ipaddress.ip_network(cidr, strict=False), expires)
+            ban_id: (parse_network(cidr), expires)
             for ban_id, cidr, expires in bans
         }
 

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _call(args, settings, "GET", "/admin/connections",
                      params={"sub": args.sub} if args.sub else None)
     if verb == "disconnect":
-        return _call(args, settings, "POST", f"/admin/users/{args.sub}/disconnect")
+        # Encoded whole: a sub such as "bob/disconnect?" must not become another path or a query.
+        return _call(args, settings, "POST", f"/admin/users/{quote(args.sub, safe='')}/disconnect")
     if verb == "ban":
         body: dict[str, Any] = {"cidr": args.cidr, "reason": args.reason}
         if args.expires_at:

@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     allowed_origins: CommaList = Field(default_factory=list)
     banned_cidrs: CommaList = Field(default_factory=list)
     trusted_proxies: CommaList = Field(default_factory=list)
+    ipv6_prefix_length: int = Field(default=64, ge=1, le=128)
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     allow_query_token: bool = True
 
     refresh_warning_seconds: int = Field(default=60, ge=0)

@@ -3,6 +3,10 @@ registry that finds them for kicks, revocations, bans and routing.
 
 A connection has one writer task, the only code that sends on its socket, fed by a bounded queue:
 a slow reader fills its own queue and is closed (``slow_consumer``) without stalling anyone else.
+"Slow" means stalled, not bursty: a client is closed only when more than ``queue_size`` messages
+wait *and* its socket has accepted nothing for ``STALL_SECONDS``, or when what waits exceeds
+``max_chars`` (the memory bound). A reader that keeps reading is never closed for a burst (a large
+presence snapshot, many agents' events at once).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ log = get_logger("app.connections")
 
 CLOSE_TIMEOUT = 5.0
 FLUSH_TIMEOUT = 1.0
+STALL_SECONDS = 5.0
 
 
 class Socket(Protocol):
@@ -39,17 +44,24 @@ class Connection:
     """
 
     __slots__ = (
-        "_armed_at", "_closing", "_limit", "_pending", "_timer", "_writer", "attributes",
-        "close_code", "session", "socket",
+        "_armed_at", "_chars", "_closing", "_limit", "_max_chars", "_pending", "_progress_at",
+        "_stall_check", "_timer", "_writer", "attributes", "close_code", "session", "socket",
     )
 
-    def __init__(self, socket: Socket, session: Session, queue_size: int) -> None:
+    def __init__(
+        self, socket: Socket, session: Session, queue_size: int, max_chars: int | None = None
+    ) -> None:
         self.socket = socket
         self.session = session
         self.close_code: Code | None = None
         self.attributes: dict[str, Any] = {}
         self._pending: deque[str] = deque()
         self._limit = queue_size
+        self._max_chars = max_chars if max_chars is not None else queue_size * 65536
+        self._chars = 0
+        # When the socket last accepted a message (or the queue was last empty): stall detection.
+        self._progress_at = 0.0
+        self._stall_check: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
@@ -77,12 +89,34 @@ class Connection:
     def send(self, text: str) -> None:
         if self.close_code is not None:
             return
-        if len(self._pending) >= self._limit:
+        loop = asyncio.get_running_loop()
+        if not self._pending and self._writer is None:
+            # An idle writer is not a stalled one: the stall clock starts now.
+            self._progress_at = loop.time()
+        self._pending.append(text)
+        self._chars += len(text)
+        if self._chars > self._max_chars:
             self.close(Code.SLOW_CONSUMER)
             return
-        self._pending.append(text)
+        if len(self._pending) > self._limit and self._stall_check is None:
+            self._check_stall()
+            if self.close_code is not None:
+                return
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+            self._writer = loop.create_task(self._drain())
+
+    def _check_stall(self) -> None:
+        """Over the message bound: close if the socket has accepted nothing for STALL_SECONDS,
+        else look again when that could first be the case."""
+        self._stall_check = None
+        if self.close_code is not None or len(self._pending) <= self._limit:
+            return
+        loop = asyncio.get_running_loop()
+        stalled_for = loop.time() - self._progress_at
+        if stalled_for >= STALL_SECONDS:
+            self.close(Code.SLOW_CONSUMER)
+            return
+        self._stall_check = loop.call_later(STALL_SECONDS - stalled_for, self._check_stall)
 
     def close(self, code: Code) -> None:
         """Close with ``code`` (its close code and the code string as reason). First close wins."""
@@ -92,11 +126,15 @@ class Connection:
         metrics.CLOSES.labels(code.value).inc()
         if self._timer is not None:
             self._timer.cancel()
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
         # What is already queued (the errors that led here, say) goes out first, unless the
         # client is the problem: a slow consumer is cut at once, and a flush gets FLUSH_TIMEOUT.
         if code is Code.SLOW_CONSUMER and self._writer is not None:
             self._writer.cancel()
             self._pending.clear()
+            self._chars = 0
         self._closing = asyncio.get_running_loop().create_task(self._send_close(code))
 
     def reschedule(self) -> None:
@@ -119,11 +157,16 @@ class Connection:
         self.apply(self.session.on_timer(_now()))
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                await self.socket.send_text(self._pending.popleft())
+                text = self._pending.popleft()
+                await self.socket.send_text(text)
+                self._chars -= len(text)
+                self._progress_at = loop.time()
         except Exception:
             self._pending.clear()
+            self._chars = 0
         finally:
             self._writer = None
 
@@ -139,6 +182,8 @@ class Connection:
         """Stop the timer and the writer once the socket is gone."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._stall_check is not None:
+            self._stall_check.cancel()
         if self._closing is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._closing), CLOSE_TIMEOUT + FLUSH_TIMEOUT)
@@ -190,6 +235,7 @@ class Registry:
             ConnectionInfo(
                 conn_id=a.conn_id, sub=a.principal.sub, endpoint=a.endpoint.value,
                 client_ip=a.client_ip, worker=worker_id, connected_at=a.connected_at,
+                tenant=a.principal.tenant or "",
             )
             for a in (c.session.admission for c in self._by_id.values())
         ]

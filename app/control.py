@@ -69,9 +69,10 @@ class ControlService:
             except Exception as exc:
                 log.warning("control.reload_failed", error=type(exc).__name__)
 
-    async def disconnect(self, sub: str, by: str) -> None:
-        log.warning("admin.disconnect", sub=sub, by=by)
-        await self._engine.publish(ControlEvent("kick", {"sub": sub}))
+    async def disconnect(self, sub: str, by: str, *, tenant: str | None = None) -> None:
+        """Kick ``sub`` of ``tenant`` ("" : users without one), or of every tenant (None)."""
+        log.warning("admin.disconnect", sub=sub, tenant=tenant, by=by)
+        await self._engine.publish(ControlEvent("kick", {"sub": sub, "tenant": tenant}))
 
     async def create_ban(
         self, cidr: str, reason: str, expires_at: datetime | None, by: str
@@ -104,30 +105,37 @@ class ControlService:
         reason: str,
         expires_at: datetime | None,
         by: str,
+        tenant: str | None = None,
     ) -> RevocationRecord:
+        """Revoke (see :meth:`app.store.Store.add_revocation`); ``tenant`` limits it to that
+        tenant's tokens, None to none (every tenant)."""
         now = datetime.now(UTC)
         if expires_at is None:
             # Kept until the revoked tokens would have expired anyway (see HUB_REVOCATION_TTL_SECONDS).
             expires_at = (issued_before or now) + timedelta(seconds=self._revocation_ttl)
         record = await self._store.add_revocation(
             jti=jti, sub=sub, issued_before=issued_before, reason=reason, created_by=by,
-            expires_at=expires_at,
+            expires_at=expires_at, tenant=tenant,
         )
-        log.warning("admin.revoked", jti=record.jti, sub=record.sub, by=by)
+        log.warning("admin.revoked", jti=record.jti, sub=record.sub, tenant=record.tenant, by=by)
         entry = record.to_revocation()
         self._revocations.add(entry)
         if entry.jti is not None:
-            event = ControlEvent("revoke_jti", {"jti": entry.jti, "expires_at": entry.expires_at})
+            event = ControlEvent(
+                "revoke_jti",
+                {"jti": entry.jti, "expires_at": entry.expires_at, "tenant": entry.tenant},
+            )
         else:
             event = ControlEvent(
                 "revoke_sub",
-                {"sub": entry.sub, "issued_before": entry.issued_before, "expires_at": entry.expires_at},
+                {"sub": entry.sub, "issued_before": entry.issued_before,
+                 "expires_at": entry.expires_at, "tenant": entry.tenant},
             )
         await self._engine.publish(event)
         return record
 
-    async def list_revocations(self) -> list[RevocationRecord]:
-        return await self._store.list_revocations()
+    async def list_revocations(self, *, tenant: str | None = None) -> list[RevocationRecord]:
+        return await self._store.list_revocations(tenant=tenant)
 
     async def security_events(
         self,
@@ -137,7 +145,8 @@ class ControlService:
         since: datetime | None,
         before: EventCursor | None,
         limit: int,
+        tenant: str | None = None,
     ) -> list[StoredEvent]:
         return await self._store.query_events(
-            code=code, sub=sub, since=since, before=before, limit=limit
+            code=code, sub=sub, since=since, before=before, limit=limit, tenant=tenant
         )

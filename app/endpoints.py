@@ -92,7 +92,10 @@ async def _serve(websocket: WebSocket, admission: Admission) -> None:
     runtime = _runtime(websocket)
     settings = runtime.settings
     await websocket.accept(subprotocol=admission.subprotocol)
-    conn = Connection(websocket, Session(admission, runtime.limits, time.time()), settings.send_queue_size)
+    conn = Connection(
+        websocket, Session(admission, runtime.limits, time.time()), settings.send_queue_size,
+        max_chars=settings.send_queue_size * settings.max_message_bytes,
+    )
     endpoint = admission.endpoint.value
     runtime.registry.add(conn)
     metrics.ACTIVE.labels(endpoint).inc()
@@ -186,6 +189,7 @@ def _refresh_event(conn: Connection, code: Code, exc: TokenError | None) -> Secu
         jti=exc.jti if exc else None,
         fingerprint=exc.fingerprint if exc else None,
         detail=exc.detail if exc else None,
+        tenant=conn.session.principal.tenant,
     )
 
 
@@ -201,6 +205,7 @@ def _close_event(conn: Connection) -> SecurityEvent:
         verified_sub=conn.sub,
         jti=conn.session.principal.jti,
         fingerprint=conn.session.principal.fingerprint,
+        tenant=conn.session.principal.tenant,
     )
 
 

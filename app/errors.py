@@ -37,6 +37,8 @@ class Code(StrEnum):
     FORBIDDEN = "forbidden"
     AGENT_OFFLINE = "agent_offline"
     NOT_FOUND = "not_found"
+    # Admin API only.
+    WOULD_LOCK_OUT = "would_lock_out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,9 @@ TABLE: dict[Code, Spec] = {
     Code.FORBIDDEN: Spec(403, 0, "Not allowed."),
     Code.AGENT_OFFLINE: Spec(0, 0, "The agent is not connected."),
     Code.NOT_FOUND: Spec(404, 0, "Not found."),
+    Code.WOULD_LOCK_OUT: Spec(
+        422, 0, "The ban would cover every address, or the address of the admin asking for it."
+    ),
 }
 
 # A handshake refused with 401 closes 4401 in the socket form; a *live* session whose token gets

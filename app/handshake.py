@@ -20,7 +20,8 @@ from app.bans import BanList
 from app.config import Settings
 from app.engine import Admitted, ConnectionInfo, Engine, EngineUnavailable, Refused
 from app.errors import Code
-from app.netaddr import NetworkSet, client_ip
+from app.flood import FloodGate
+from app.netaddr import NetworkSet, client_ip, limit_key
 from app.revocations import RevocationList
 from app.roles import Endpoint, is_admin, may_connect
 from app.security_log import SecurityEvent, SecurityLog
@@ -139,6 +140,8 @@ class Gatekeeper:
         self._revocations = revocations
         self._log = security_log
         self._trusted = NetworkSet(settings.trusted_networks)
+        # Address refusals (bans, per-IP rate) of one address are recorded once per window.
+        self.floods = FloodGate()
         self._origins = frozenset(settings.allowed_origins)
         # Set while the worker shuts down: new handshakes go elsewhere.
         self.draining = False
@@ -146,16 +149,17 @@ class Gatekeeper:
     def client_ip(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
         return client_ip(peer, forwarded_for, self._trusted)
 
-    async def authenticate_admin(self, request: HandshakeRequest) -> Principal:
+    async def authenticate_admin(self, request: HandshakeRequest, *, platform: bool = False) -> Principal:
         """The admin API's gate: the same address checks, token search (header only), verification,
-        revocation and logging as a handshake, then role ``admin``. Raises HandshakeRefused."""
+        revocation and logging as a handshake, then role ``admin``; with ``platform``, also no
+        ``tenant`` (a tenant admin is refused ``role_forbidden``). Raises HandshakeRefused."""
         ip = self.client_ip(request.peer, request.forwarded_for)
-        refuse = _Refuser(self._log, request, ip, event="admin.auth_failed")
+        refuse = _Refuser(self._log, request, ip, event="admin.auth_failed", floods=self.floods)
         if self._bans.is_banned(ip):
             raise refuse(Code.IP_BANNED, http_only=True)
         await self._check_address(refuse, ip)
         principal, _ = await self._authenticate(refuse, request, subprotocols=(), raw_query=b"")
-        if not is_admin(principal.roles):
+        if not is_admin(principal.roles) or (platform and principal.tenant is not None):
             raise refuse(Code.ROLE_FORBIDDEN)
         return principal
 
@@ -178,12 +182,14 @@ class Gatekeeper:
         return admission
 
     async def release(self, admission: Admission) -> None:
-        await self._engine.release(admission.principal.sub, admission.conn_id)
+        await self._engine.release(
+            admission.principal.sub, admission.conn_id, tenant=admission.principal.tenant or ""
+        )
 
     async def _decide(self, request: HandshakeRequest, ip: str, subprotocol: str | None) -> Admission:
         assert request.endpoint is not None
         settings = self._settings
-        refuse = _Refuser(self._log, request, ip)
+        refuse = _Refuser(self._log, request, ip, floods=self.floods)
         if self.draining:
             raise refuse(Code.UNAVAILABLE, retry_after=1)
         origin = request.headers.get("origin")
@@ -200,15 +206,17 @@ class Gatekeeper:
             raise refuse(Code.ROLE_FORBIDDEN)
 
         conn_id = uuid.uuid4().hex
+        tenant = principal.tenant or ""
         info = ConnectionInfo(
             conn_id=conn_id, sub=principal.sub, endpoint=request.endpoint.value, client_ip=ip,
-            worker=self._worker_id, connected_at=time.time(),
+            worker=self._worker_id, connected_at=time.time(), tenant=tenant,
         )
         verdict = await self._engine_step(
             refuse,
             self._engine.admit_user(
                 principal.sub,
                 conn_id,
+                tenant=tenant,
                 rate_limit=settings.connect_rate_per_user,
                 max_connections=settings.max_connections_per_user,
                 lease_seconds=settings.connection_lease_seconds,
@@ -232,8 +240,9 @@ class Gatekeeper:
     async def _check_address(self, refuse: _Refuser, ip: str) -> None:
         """The engine's automatic ban and per-IP window (one engine round trip). Both refusals
         are always sent as HTTP. (Configured and operators' bans are checked before, in memory.)"""
+        key = limit_key(ip, self._settings.ipv6_prefix_length)
         verdict = await self._engine_step(
-            refuse, self._engine.check_ip(ip, limit=self._settings.connect_rate_per_ip)
+            refuse, self._engine.check_ip(key, limit=self._settings.connect_rate_per_ip)
         )
         if isinstance(verdict, Refused):
             raise refuse(verdict.code, retry_after=verdict.retry_after, http_only=True)
@@ -275,7 +284,7 @@ class Gatekeeper:
         settings = self._settings
         try:
             await self._engine.record_auth_failure(
-                refuse.ip,
+                limit_key(refuse.ip, settings.ipv6_prefix_length),
                 threshold=settings.auth_failures_before_ban,
                 window=settings.auth_failure_window_seconds,
                 ban_seconds=settings.auth_failure_ban_seconds,
@@ -290,9 +299,10 @@ class _Refuser:
 
     def __init__(
         self, security_log: SecurityLog, request: HandshakeRequest, ip: str,
-        event: str = "ws.auth_failed",
+        event: str = "ws.auth_failed", floods: FloodGate | None = None,
     ) -> None:
         self._log = security_log
+        self._floods = floods
         self._event = event
         self._request = request
         self.ip = ip
@@ -308,19 +318,22 @@ class _Refuser:
     ) -> HandshakeRefused:
         headers = self._request.headers
         principal = self.principal
-        self._log.record(
-            SecurityEvent(
-                event=self._event,
-                code=code,
-                endpoint=self._request.path,
-                client_ip=self.ip,
-                user_agent=headers.get("user-agent"),
-                origin=headers.get("origin"),
-                claimed_sub=error.claimed_sub if error else None,
-                verified_sub=principal.sub if principal else None,
-                jti=error.jti if error else principal.jti if principal else None,
-                fingerprint=error.fingerprint if error else principal.fingerprint if principal else None,
-                detail=error.detail if error else None,
-            )
+        event = SecurityEvent(
+            event=self._event,
+            code=code,
+            endpoint=self._request.path,
+            client_ip=self.ip,
+            user_agent=headers.get("user-agent"),
+            origin=headers.get("origin"),
+            claimed_sub=error.claimed_sub if error else None,
+            verified_sub=principal.sub if principal else None,
+            jti=error.jti if error else principal.jti if principal else None,
+            fingerprint=error.fingerprint if error else principal.fingerprint if principal else None,
+            detail=error.detail if error else None,
+            tenant=principal.tenant if principal else None,
         )
+        # An address refusal is what a flood from a banned or rate-limited address produces.
+        recorded = self._floods.admit(event) if http_only and self._floods is not None else event
+        if recorded is not None:
+            self._log.record(recorded)
         return HandshakeRefused(code, retry_after=retry_after, http_only=http_only)

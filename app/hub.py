@@ -23,6 +23,7 @@ from app.engine import EngineUnavailable
 from app.errors import Code
 from app.logs import get_logger
 from app.messages import (
+    AgentStatus,
     ClientMessage,
     Command,
     CommandAccepted,
@@ -30,6 +31,7 @@ from app.messages import (
     Event,
     EventDelivery,
     Presence,
+    PresenceSnapshot,
     Result,
     ResultDelivery,
     Subscribe,
@@ -51,6 +53,11 @@ log = get_logger("app.hub")
 
 MAX_PENDING_PER_AGENT = 1000
 ALL = "*"
+# A subscription's current presence: single `presence` messages up to SINGLE_PRESENCE_MAX agents
+# (what small dashboards always got), else `presence.snapshot` batches of SNAPSHOT_BATCH: a
+# subscription of 1000 agents is 10 messages, far below any send queue bound.
+SINGLE_PRESENCE_MAX = 16
+SNAPSHOT_BATCH = 100
 
 
 @dataclass(slots=True)
@@ -83,6 +90,20 @@ class _Dashboard:
 
 def tenant_of(conn: Connection) -> str:
     return conn.session.admission.principal.tenant or ""
+
+
+def presence_messages(agent_ids: list[str], online: set[str]) -> list[str]:
+    """The current presence of ``agent_ids`` as encoded messages: one ``presence`` each for a few
+    agents, else ``presence.snapshot`` batches (at most ``SNAPSHOT_BATCH`` agents each)."""
+    statuses = [
+        AgentStatus(agent_id=a, status="online" if a in online else "offline") for a in agent_ids
+    ]
+    if len(statuses) <= SINGLE_PRESENCE_MAX:
+        return [encode(Presence(agent_id=s.agent_id, status=s.status)) for s in statuses]
+    return [
+        encode(PresenceSnapshot(agents=statuses[start : start + SNAPSHOT_BATCH]))
+        for start in range(0, len(statuses), SNAPSHOT_BATCH)
+    ]
 
 
 class Hub:
@@ -165,9 +186,8 @@ class Hub:
         online = await self._engine.online_agents(state.tenant)
         conn.send(encode(Subscribed(agents=sorted(wanted), ref=message.id)))
         shown = sorted(online) if ALL in wanted else sorted(wanted)
-        for agent_id in shown:
-            status = "online" if agent_id in online else "offline"
-            conn.send(encode(Presence(agent_id=agent_id, status=status)))
+        for text in presence_messages(shown, online):
+            conn.send(text)
 
     async def _set_watching(self, conn: Connection, state: _Dashboard, wanted: frozenset[str]) -> None:
         for agent_id in state.watching - wanted:
@@ -218,6 +238,7 @@ class Hub:
             event="hub.forbidden", code=Code.FORBIDDEN, endpoint=admission.endpoint.path,
             client_ip=admission.client_ip, verified_sub=conn.sub,
             jti=conn.session.principal.jti, detail=f"{message.type}: {why}",
+            tenant=conn.session.principal.tenant,
         ))
         conn.send(error(Code.FORBIDDEN, why, message.id))
 

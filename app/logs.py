@@ -6,28 +6,62 @@ Event names are namespaced (``ws.auth_failed``, ``ws.closed``, ``admin.ban_creat
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import structlog
 
 # A `token=` query value (uvicorn logs the request path with its query) and anything shaped like a
-# compact JWS (a header, a `bearer.<jwt>` subprotocol, a mistake of our own).
+# compact JWS wherever it is (a path, `?jwt=`, a header, a `bearer.<jwt>` subprotocol, a mistake of
+# our own): three base64url segments whose first decodes to a JSON object. The `eyJ` prefix alone
+# is not enough: a header with a leading space or newline encodes otherwise and still verifies.
 _TOKEN_QUERY = re.compile(r"(?i)((?:^|[?&;])(?:access_)?token=)[^&\s\"']*")
-_JWS = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_JWS = re.compile(r"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{2,})\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def redact(text: str) -> str:
-    """Remove token values from ``text``."""
+    """Remove token values from ``text``: ``token=`` values and every compact-JWS-shaped value,
+    also when percent-encoded (then the whole text is logged decoded)."""
     if "token" in text.lower():
         text = _TOKEN_QUERY.sub(r"\1[redacted]", text)
-    if "eyJ" in text:
-        text = _JWS.sub("[redacted-jwt]", text)
+    decoded = text
+    for _ in range(3):  # %252E is %2E is "."
+        if "%" not in decoded or not _PERCENT.search(decoded):
+            break
+        decoded = unquote(decoded)
+        if _JWS.sub(_redact_jws, decoded) != decoded:
+            text = decoded
+            break
+    if text.count(".") >= 2:
+        text = _JWS.sub(_redact_jws, text)
     return text
+
+
+def _redact_jws(match: re.Match[str]) -> str:
+    if _is_json_object(match.group(1)):
+        return "[redacted-jwt]"
+    return match.group(0)
+
+
+def _is_json_object(segment: str) -> bool:
+    # A JWS header is base64url of a JSON object: "{", then a member name or "}" (host names such
+    # as example.co.uk decode to "{" too, but never to '{"').
+    chunk = segment[:64]
+    chunk = chunk[: len(chunk) - len(chunk) % 4 or len(chunk)]
+    try:
+        head = base64.urlsafe_b64decode(chunk + "=" * (-len(chunk) % 4))
+    except (ValueError, binascii.Error):
+        return False
+    head = head.lstrip(b" \t\r\n")
+    return head.startswith(b"{") and head[1:].lstrip(b" \t\r\n")[:1] in (b'"', b"}")
 
 
 def _redact_value(value: object) -> object:
@@ -134,17 +168,31 @@ def configure_logging(
     install_redaction()
     # uvicorn's lines for accepted connections say less than ws.connected / ws.disconnected, at a
     # cost on every handshake; refusals, startup, shutdown and errors still come through.
-    chatter = logging.getLogger("uvicorn.error")
-    if _CHATTER not in chatter.filters:
-        chatter.addFilter(_CHATTER)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        chatter = logging.getLogger(name)
+        if _CHATTER not in chatter.filters:
+            chatter.addFilter(_CHATTER)
 
 
 class _DropConnectionChatter(logging.Filter):
-    # Refusals keep uvicorn's line (the status, next to ws.auth_failed); accepted ones do not.
-    _MESSAGES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+    # Refusals keep uvicorn's line (the status, next to ws.auth_failed); accepted ones do not,
+    # nor 403 and 429 refusals: those are what a flood from a banned or rate-limited address
+    # produces, and the hub's own line (at most one per address and code per 10 s) says more.
+    _MESSAGES = frozenset({
+        '%s - "WebSocket %s" [accepted]', "connection open", "connection closed",
+        # h11's refusal of a malformed head: answered 400 and counted (hub_http_heads_refused_total).
+        "Invalid HTTP request received.",
+    })
+    _FLOOD_STATUSES = frozenset({403, 429})
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self._MESSAGES
+        if record.msg in self._MESSAGES:
+            return False
+        args = record.args
+        return not (
+            isinstance(args, tuple) and args and args[-1] in self._FLOOD_STATUSES
+            and isinstance(record.msg, str) and record.msg.startswith("%s - ")
+        )
 
 
 _CHATTER = _DropConnectionChatter()

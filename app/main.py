@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from app import metrics
 from app.admin import router as admin_router
+from app.admin import validation_error
 from app.asyncapi import router as asyncapi_router
 from app.config import Settings, SettingsError, load_settings
 from app.console import router as console_router
@@ -67,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(HandshakeRefused, refuse)  # type: ignore[arg-type]
     app.add_exception_handler(EngineUnavailable, unavailable)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(ws_router)
     app.include_router(admin_router)
     app.include_router(console_router)

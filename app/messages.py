@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, Valid
 from app.errors import Code
 
 Id = Annotated[str, Field(max_length=128)] | Annotated[int, Field(ge=-(2**53), le=2**53)]
+_ID = TypeAdapter[Any](Id)
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -89,7 +90,7 @@ def parse_client(raw: str) -> ClientMessage:
             raise MessageError(Code.INVALID_MESSAGE, "not JSON") from None
         if not isinstance(data, dict):
             raise MessageError(Code.INVALID_MESSAGE, "not a JSON object") from None
-        ref = data.get("id") if isinstance(data.get("id"), str | int) else None
+        ref = valid_ref(data.get("id"))
         kind = data.get("type")
         if not isinstance(kind, str) or kind not in CLIENT_TYPES:
             raise MessageError(Code.UNKNOWN_TYPE, "unknown message type", ref) from None
@@ -175,10 +176,25 @@ class Presence(_Server):
     status: Literal["online", "offline"]
 
 
+class AgentStatus(_Server):
+    """One agent's presence inside a :class:`PresenceSnapshot`."""
+
+    agent_id: str
+    status: Literal["online", "offline"]
+
+
+class PresenceSnapshot(_Server):
+    """After ``subscribed``: the current presence of many agents at once (a batch of at most
+    ``SNAPSHOT_BATCH``), so that a subscription of any size is a handful of messages."""
+
+    type: Literal["presence.snapshot"] = "presence.snapshot"
+    agents: list[AgentStatus]
+
+
 ServerMessage = (
     Welcome | AuthExpiring | AuthRefreshed | Error | Pong | Subscribed | CommandAccepted
     | CommandDelivery
-    | ResultDelivery | EventDelivery | Presence
+    | ResultDelivery | EventDelivery | Presence | PresenceSnapshot
 )
 
 
@@ -186,5 +202,21 @@ def encode(message: ServerMessage) -> str:
     return message.model_dump_json(by_alias=True)
 
 
+def valid_ref(value: object) -> str | int | None:
+    """``value`` when it is a valid message ``id`` (so it can be echoed as ``ref``), else None.
+
+    An out-of-range id (``2**53 + 1``, a 129-character string) in a message that is invalid for
+    another reason too must still get its ``error`` answer, only without a ``ref``.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    try:
+        _ID.validate_python(value, strict=True)
+    except ValidationError:
+        return None
+    return value
+
+
 def error(code: Code, message: str, ref: object = None) -> str:
-    return encode(Error(error=code.value, message=message, ref=ref if isinstance(ref, str | int) else None))
+    """An ``error`` message; never raises (a ``ref`` that is not a valid id is left out)."""
+    return encode(Error(error=code.value, message=message, ref=valid_ref(ref)))

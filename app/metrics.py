@@ -63,6 +63,11 @@ JWKS_FETCHES = Counter(
     ["outcome"],
 )
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
+HTTP_HEADS_REFUSED = Counter(
+    "hub_http_heads_refused_total",
+    "Request heads refused before the app (reason: timeout, too_large, malformed)",
+    ["reason"],
+)
 # An info-style gauge (prometheus' Info type does not work in multiprocess mode); max: 1, not N.
 BUILD_INFO = Gauge("hub_build_info", "The hub's version (always 1)", ["version"], multiprocess_mode="max")
 

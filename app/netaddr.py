@@ -1,18 +1,37 @@
-"""Client addresses: who is really connecting, and whether a network list contains them."""
+"""Client addresses: who is really connecting, and whether a network list contains them.
+
+Guarantees:
+
+- An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) is the IPv4 address ``a.b.c.d`` everywhere, and
+  a network inside ``::ffff:0:0/96`` is the matching IPv4 network (``::ffff:127.0.0.0/120`` is
+  ``127.0.0.0/24``), so a ban spelled either way covers the client.
+- ``X-Forwarded-For`` entries may carry a port (``203.0.113.7:5123``, ``[2001:db8::1]:443``).
+- :func:`limit_key` is what per-address limits count: the address for IPv4, its network of the
+  configured prefix length for IPv6 (one host owns a whole /64).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 from app.config import IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_BRACKETED = re.compile(r"^\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?$")
+_V4_PORT = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$")
+
 
 def parse_ip(value: str) -> IPAddress | None:
+    """An address, or None. Accepts a port after an IPv4 address or a bracketed IPv6 one."""
+    text = value.strip()
+    if (match := _BRACKETED.match(text)) or (match := _V4_PORT.match(text)):
+        text = match.group(1)
     try:
-        address = ipaddress.ip_address(value.strip())
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     # An IPv4-mapped IPv6 peer (::ffff:1.2.3.4) is the IPv4 client; bans and limits key on that.
@@ -21,13 +40,36 @@ def parse_ip(value: str) -> IPAddress | None:
     return address
 
 
+def normalize_network(network: IPNetwork) -> IPNetwork:
+    """``network``, with an IPv4-mapped IPv6 network given as the IPv4 network it means."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+def parse_network(value: str) -> IPNetwork:
+    """An address (a /32 or /128) or CIDR, normalised; raises ValueError."""
+    return normalize_network(ipaddress.ip_network(value.strip(), strict=False))
+
+
+def limit_key(ip: str, ipv6_prefix_length: int) -> str:
+    """What per-address limits and automatic bans count for ``ip``: the IPv4 address itself, or
+    the IPv6 address's ``/ipv6_prefix_length`` network (``2001:db8:1:2::/64``)."""
+    address = parse_ip(ip)
+    if isinstance(address, ipaddress.IPv6Address) and ipv6_prefix_length < 128:
+        return str(ipaddress.IPv6Network((address, ipv6_prefix_length), strict=False))
+    return str(address) if address is not None else ip
+
+
 class NetworkSet:
     """A fixed list of networks with a membership test."""
 
     __slots__ = ("_networks",)
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
-        self._networks = tuple(networks)
+        self._networks = tuple(normalize_network(n) for n in networks)
 
     def __bool__(self) -> bool:
         return bool(self._networks)

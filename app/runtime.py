@@ -27,6 +27,7 @@ from app.store import EventWriter, Store, run_retention
 from app.tokens import TokenVerifier
 
 log = get_logger("app.runtime")
+FLOOD_CHECK_SECONDS = 1.0
 
 
 class Runtime:
@@ -87,6 +88,7 @@ class Runtime:
             await self.jwks.prefetch()
             self._tasks.append(asyncio.create_task(self.jwks.refresher(), name="jwks-refresh"))
         self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
+        self._tasks.append(asyncio.create_task(self._record_floods(), name="flood-records"))
         self._tasks.append(asyncio.create_task(
             run_retention(self.store, self.settings.security_event_retention_days),
             name="retention",
@@ -181,22 +183,31 @@ class Runtime:
             except Exception:
                 log.exception("engine.renew_error")
 
+    async def _record_floods(self) -> None:
+        """Record the counted refusals of flood windows that have ended (see app.flood)."""
+        while True:
+            await asyncio.sleep(FLOOD_CHECK_SECONDS)
+            for event in self.gatekeeper.floods.due():
+                self.security_log.record(event)
+
     async def on_control(self, event: ControlEvent) -> None:
         """Apply a cluster-wide instruction to this worker's connections."""
         data = event.data
         if event.kind == "kick":
             sub = str(data["sub"])
-            closed = self.registry.close_where(lambda c: c.sub == sub, Code.KICKED)
-        elif event.kind == "revoke_jti":
-            jti = str(data["jti"])
-            self.revocations.add(Revocation(jti=jti, expires_at=data.get("expires_at")))
+            scope = data.get("tenant")  # None: that sub in every tenant
             closed = self.registry.close_where(
-                lambda c: c.session.principal.jti == jti, Code.TOKEN_REVOKED
+                lambda c: c.sub == sub and (scope is None or (c.session.principal.tenant or "") == scope),
+                Code.KICKED,
             )
-        elif event.kind == "revoke_sub":
-            self.revocations.add(
-                Revocation(sub=str(data["sub"]), issued_before=data.get("issued_before"))
-            )
+        elif event.kind in ("revoke_jti", "revoke_sub"):
+            tenant = data.get("tenant")
+            self.revocations.add(Revocation(
+                jti=str(data["jti"]) if event.kind == "revoke_jti" else None,
+                sub=str(data["sub"]) if event.kind == "revoke_sub" else None,
+                issued_before=data.get("issued_before"), expires_at=data.get("expires_at"),
+                tenant=None if tenant is None else str(tenant),
+            ))
             closed = self.registry.close_where(
                 lambda c: self.revocations.is_revoked(c.session.principal), Code.TOKEN_REVOKED
             )

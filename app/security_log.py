@@ -11,10 +11,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from app.errors import Code
-from app.logs import get_logger
+from app.logs import get_logger, redact
 
 log = get_logger("app.security")
 
@@ -37,11 +37,22 @@ class SecurityEvent:
     jti: str | None = None
     fingerprint: str | None = None
     detail: str | None = None
+    tenant: str | None = None  # the verified tenant, when there is one
+    count: int = 1  # refused attempts this event stands for (see app.flood)
     at: float = field(default_factory=time.time)
     worker: str = WORKER_ID
 
 
 EventSink = Callable[[SecurityEvent], None]
+MAX_HEADER_CHARS = 256
+
+
+def _too_long(value: str | None) -> bool:
+    return value is not None and len(value) > MAX_HEADER_CHARS
+
+
+def _cut(value: str | None) -> str | None:
+    return value[:MAX_HEADER_CHARS] if value is not None else None
 
 
 class SecurityLog:
@@ -54,7 +65,22 @@ class SecurityLog:
         self._sink = sink
 
     def record(self, event: SecurityEvent) -> None:
+        """Log ``event`` and hand it to the sink, with its header values cut to
+        ``MAX_HEADER_CHARS`` (an 8 KB User-Agent must not cost 8 KB per refusal)."""
+        if _too_long(event.user_agent) or _too_long(event.origin):
+            event = replace(event, user_agent=_cut(event.user_agent), origin=_cut(event.origin))
+        # The log line is redacted when rendered; the stored row must be too (a token pasted into
+        # a User-Agent or an Origin header reaches the sink otherwise).
+        texts = (event.user_agent, event.origin, event.claimed_sub, event.detail)
+        cleaned = tuple(redact(text) if text is not None else None for text in texts)
+        if cleaned != texts:
+            event = replace(
+                event, user_agent=cleaned[0], origin=cleaned[1], claimed_sub=cleaned[2],
+                detail=cleaned[3],
+            )
         fields = {k: v for k, v in asdict(event).items() if v is not None and k != "event"}
+        if event.count == 1:
+            del fields["count"]
         fields["code"] = str(event.code)
         if event.claimed_sub is not None:
             # Read from a token whose signature may not have been checked: say so.

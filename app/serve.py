@@ -16,8 +16,11 @@ from app.config import Settings
 # oversized header promptly (the app's own token_malformed, or h11's 400), honours pings and the
 # frame limit (1009). websockets-sansio leaves a >8 KiB header line hanging without an answer, and
 # httptools accepts headers of any size.
-WS_IMPLEMENTATION = "wsproto"
-HTTP_IMPLEMENTATION = "h11"
+# uvicorn's wsproto and h11 protocols, with the contract's reason for oversized messages, a head
+# timeout, a head size limit however the head arrives, and a 400 for malformed WebSocket headers
+# (app/protocols.py).
+WS_IMPLEMENTATION = "app.protocols:HubWSProtocol"
+HTTP_IMPLEMENTATION = "app.protocols:HubH11Protocol"
 H11_MAX_INCOMPLETE_EVENT_BYTES = 16 * 1024
 
 
@@ -30,9 +33,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws": WS_IMPLEMENTATION,
         "http": HTTP_IMPLEMENTATION,
         "h11_max_incomplete_event_size": H11_MAX_INCOMPLETE_EVENT_BYTES,
-        # Headroom above the limit: frames up to 4x it reach the app, which closes them 1009 with
-        # the contract's reason `message_too_big`; anything larger is cut off by the server (1009).
-        "ws_max_size": settings.max_message_bytes * 4,
+        # The limit itself: a message over it is closed 1009 `message_too_big` by the protocol
+        # (app/protocols.py) as soon as it passes the limit, never buffered beyond it.
+        "ws_max_size": settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": settings.ping_interval_seconds,
         "ws_ping_timeout": settings.ping_timeout_seconds,

@@ -28,6 +28,7 @@ from hubclient.messages import (
     JsonValue,
     MessageId,
     Presence,
+    PresenceSnapshot,
     ProtocolError,
     ResultDelivery,
     ServerMessage,
@@ -120,7 +121,7 @@ class DashboardClient(HubClient):
 
     async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
         if self._subscription is not None:
-            # Answered by `subscribed` (no waiter: ignored) then one presence per agent.
+            # Answered by `subscribed` (no waiter: ignored) then the presence of every agent.
             await ws.send(messages.subscribe(self._subscription, self._next_id("s")))
 
     def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
@@ -128,6 +129,10 @@ class DashboardClient(HubClient):
             self._events.publish(message)
         elif isinstance(message, Presence):
             self._presence.publish(message)
+        elif isinstance(message, PresenceSnapshot):
+            # A large subscription's statuses come batched; readers see one Presence per agent.
+            for presence in message.agents:
+                self._presence.publish(presence)
         elif isinstance(message, ResultDelivery):
             future = self._results.get(message.command_id)
             if future is not None:

@@ -127,6 +127,15 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceSnapshot:
+    """The current presence of many subscribed agents at once (sent after ``subscribed`` for a
+    large subscription instead of one ``presence`` per agent)."""
+
+    agents: tuple[Presence, ...]
+    type: Literal["presence.snapshot"] = "presence.snapshot"
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A message of a type this client does not know (kept whole in ``data``)."""
 
@@ -136,7 +145,7 @@ class Unknown:
 
 ServerMessage: TypeAlias = (
     Welcome | AuthExpiring | AuthRefreshed | Error | Pong | Subscribed | CommandAccepted
-    | CommandDelivery | ResultDelivery | EventDelivery | Presence | Unknown
+    | CommandDelivery | ResultDelivery | EventDelivery | Presence | PresenceSnapshot | Unknown
 )
 
 
@@ -211,11 +220,24 @@ def parse_server(raw: str | bytes) -> ServerMessage:
     if kind == "event":
         return EventDelivery(agent_id=_str(data, "agent_id"), payload=data.get("payload"))
     if kind == "presence":
-        status = data.get("status")
-        if status not in ("online", "offline"):
-            raise ProtocolError("presence: status must be online or offline")
-        return Presence(agent_id=_str(data, "agent_id"), status=status)
+        return _presence(data)
+    if kind == "presence.snapshot":
+        agents = data.get("agents")
+        if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
+            raise ProtocolError("presence.snapshot: agents must be a list of objects")
+        return PresenceSnapshot(agents=tuple(
+            _presence(agent) for agent in agents if isinstance(agent, dict)
+        ))
     return Unknown(type=kind, data=data)
+
+
+def _presence(data: dict[str, JsonValue]) -> Presence:
+    status = data.get("status")
+    if status == "online":
+        return Presence(agent_id=_str(data, "agent_id"), status="online")
+    if status == "offline":
+        return Presence(agent_id=_str(data, "agent_id"), status="offline")
+    raise ProtocolError("presence: status must be online or offline")
 
 
 # --- client to server -------------------------------------------------------------------------

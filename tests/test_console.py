@@ -258,9 +258,8 @@ FLEET = 1000
 async def test_console_watches_a_thousand_agents(
     context: BrowserContext, start_hub: Callable[..., HubProcess]
 ) -> None:
-    # The send queue holds the presence burst of subscribe "*" on this hub version; with the
-    # presence.snapshot form (contract v2, "Subscribing to many agents") the default suffices.
-    fleet_hub = start_hub({"HUB_SEND_QUEUE_SIZE": str(4 * FLEET)}, name="console-fleet")
+    # Default settings: the presence of a thousand agents comes as presence.snapshot batches.
+    fleet_hub = start_hub(name="console-fleet")
     url = f"{fleet_hub.url}/ws/agent"
     semaphore = asyncio.Semaphore(100)
 

@@ -163,19 +163,27 @@ async def test_oversized_frame_closes_1009(fast_hub: HubProcess) -> None:
 async def test_slow_reader_is_closed_without_stalling_others(start_hub: StartHub) -> None:
     server = start_hub({"HUB_SEND_QUEUE_SIZE": "4", "HUB_MESSAGE_RATE_PER_SECOND": "100000",
                         "HUB_MESSAGE_BURST": "100000"})
-    slow = await _open(server, make_token("slow-1", ttl=600), max_queue=1)
-    other = await _open(server, make_token("fast-1", ttl=600))
-    ping = json.dumps({"type": "ping", "id": "p" * 120})
-    # The slow client writes pings and never reads its pongs: its queue on the server fills up.
-    for _ in range(40):
-        await asyncio.gather(*(slow.send(ping) for _ in range(500)))
+    # A dashboard that stops reading (max_queue=1: its client stops reading the socket), a
+    # dashboard that keeps reading, and an agent whose large events both are subscribed to.
+    slow = await _open(server, make_token("slow-1", ["dashboard"], ttl=600), "/ws/dashboard", max_queue=1)
+    other = await _open(server, make_token("fast-1", ["dashboard"], ttl=600), "/ws/dashboard")
+    source = await _open(server, make_token("slow-src", ttl=600))
+    for ws in (slow, other):
+        await ws.send(json.dumps({"type": "subscribe", "agents": ["slow-src"]}))
+    event = json.dumps({"type": "event", "payload": "x" * 50_000})
+    # Enough to fill the kernel's buffers on loopback (megabytes): then the server's writes to the
+    # slow reader stop making progress, and its queue passes the bound. Each round stays under
+    # the queue's memory bound (4 x 64 KiB), so the reading dashboard is never closed.
+    for _ in range(100):
+        await asyncio.gather(*(source.send(event) for _ in range(4)))
         await other.send('{"type":"ping","id":"ok"}')
-        assert (await _recv(other))["ref"] == "ok"
-        if slow.state.name != "OPEN":
-            break
+        while (message := await _recv(other))["type"] != "pong":
+            assert message["type"] in ("event", "subscribed", "presence"), message
+        assert message["ref"] == "ok"
     code, reason = await _closed(slow, timeout=10)
     assert (code, reason) == (4408, "slow_consumer")
     await other.close()
+    await source.close()
 
 
 async def test_sigterm_drains_with_1012_service_restart(start_hub: StartHub) -> None:

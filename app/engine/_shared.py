@@ -21,10 +21,17 @@ def normalize_ip(ip: str) -> str:
     return str(addr)
 
 
-def check_info(sub: str, conn_id: str, info: ConnectionInfo | None) -> None:
+def check_info(sub: str, conn_id: str, info: ConnectionInfo | None, tenant: str = "") -> None:
     """Refuse an ``info`` that describes another slot (a caller bug that would mislist it)."""
-    if info is not None and (info.sub != sub or info.conn_id != conn_id):
-        raise ValueError("ConnectionInfo.sub and .conn_id must match the slot being admitted")
+    if info is not None and (info.sub != sub or info.conn_id != conn_id or info.tenant != tenant):
+        raise ValueError(
+            "ConnectionInfo.sub, .tenant and .conn_id must match the slot being admitted"
+        )
+
+
+def matches(info: ConnectionInfo, sub: str | None, tenant: str | None) -> bool:
+    """``info`` passes the optional ``sub`` and ``tenant`` filters of a listing."""
+    return (sub is None or info.sub == sub) and (tenant is None or info.tenant == tenant)
 
 
 def sort_connections(rows: Iterable[ConnectionInfo]) -> list[ConnectionInfo]:

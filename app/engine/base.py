@@ -64,6 +64,7 @@ class ConnectionInfo:
     client_ip: str
     worker: str
     connected_at: float
+    tenant: str = ""  # "" for tokens without a tenant
 
 
 class Engine(Protocol):
@@ -76,6 +77,8 @@ class Engine(Protocol):
       without a :meth:`renew` (a killed worker's slots come back within ``lease_seconds``).
     - Sliding windows are exact: at most ``limit`` admitted attempts in any ``window`` seconds;
       refused attempts do not count; ``retry_after`` is when the oldest admitted one leaves.
+    - A user is the pair (``tenant``, ``sub``): slots, attempt windows and listings of ``bob`` in
+      tenant ``a`` never touch ``bob`` in tenant ``b`` (``tenant`` "" is "no tenant").
     """
 
     name: str
@@ -99,6 +102,7 @@ class Engine(Protocol):
         sub: str,
         conn_id: str,
         *,
+        tenant: str = "",
         rate_limit: int,
         max_connections: int,
         lease_seconds: int,
@@ -109,22 +113,25 @@ class Engine(Protocol):
         then take a connection slot for ``conn_id`` (``connection_limit`` when
         ``max_connections`` are live). One atomic step: a refused attempt takes no slot.
         ``info`` is kept with the slot (same lease) for :meth:`list_connections`; re-admitting
-        a held ``conn_id`` takes no second slot."""
+        a held ``conn_id`` takes no second slot. ``info.tenant`` must be ``tenant``."""
 
-    async def release(self, sub: str, conn_id: str) -> None:
+    async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
         """Give a slot (and its info) back. Idempotent; never raises (a slot it cannot release
         expires)."""
 
-    async def list_connections(self, sub: str | None = None) -> list[ConnectionInfo]:
-        """Live connections on every worker (expired leases left out), of one ``sub`` or all."""
+    async def list_connections(
+        self, sub: str | None = None, *, tenant: str | None = None
+    ) -> list[ConnectionInfo]:
+        """Live connections on every worker (expired leases left out): all of them, or only those
+        of ``sub`` and/or of ``tenant`` (None: any)."""
 
     async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
         """Extend the leases of this worker's live connections. A live connection whose slot is
         gone (its lease ran out during a Redis outage, or Redis lost its data) gets it back, with
         its info, even past ``max_connections``: a connection that is open is counted."""
 
-    async def count_connections(self, sub: str) -> int:
-        """Live (unexpired) slots of ``sub``."""
+    async def count_connections(self, sub: str, *, tenant: str = "") -> int:
+        """Live (unexpired) slots of the user (``tenant``, ``sub``)."""
 
     async def record_auth_failure(
         self, ip: str, *, threshold: int, window: int, ban_seconds: int

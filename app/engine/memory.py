@@ -12,6 +12,7 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   (an attacker rotating addresses faster than windows empty), the oldest *rate* or *failure* logs
   are evicted, never bans or slots: losing a counter weakens a limit for one key, losing a ban
   would lift it. A counter table thus stays under about twice ``max_keys``.
+- A user is the pair (tenant, sub); every per-user table is keyed by it.
 - IP addresses are normalised (``::ffff:1.2.3.4`` is ``1.2.3.4``; one IPv6 address has one
   spelling), so a different spelling of the same address shares its window and ban.
 - A slot's :class:`ConnectionInfo` lives and dies with the slot (released, expired or swept
@@ -39,7 +40,13 @@ from typing import TypeVar
 
 import structlog
 
-from app.engine._shared import DelegatedMessaging, check_info, normalize_ip, sort_connections
+from app.engine._shared import (
+    DelegatedMessaging,
+    check_info,
+    matches,
+    normalize_ip,
+    sort_connections,
+)
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
@@ -57,7 +64,10 @@ Clock = Callable[[], float]
 SWEEP_INTERVAL_SECONDS = 30.0
 MIN_SWEEP_TRIGGER = 1024
 DEFAULT_MAX_KEYS = 1_000_000
+_K = TypeVar("_K")
 _V = TypeVar("_V")
+# (tenant, sub): "" is the tenant of tokens without one.
+User = tuple[str, str]
 
 
 class _Log:
@@ -111,10 +121,10 @@ class MemoryEngine(DelegatedMessaging):
         self._ip_rate: dict[str, _Log] = {}
         self._ip_fails: dict[str, _Log] = {}
         self._bans: dict[str, float] = {}
-        self._user_rate: dict[str, _Log] = {}
-        self._slots: dict[str, dict[str, float]] = {}
-        # sub -> conn_id -> info; a subset of _slots' entries, purged with them.
-        self._info: dict[str, dict[str, ConnectionInfo]] = {}
+        self._user_rate: dict[User, _Log] = {}
+        self._slots: dict[User, dict[str, float]] = {}
+        # user -> conn_id -> info; a subset of _slots' entries, purged with them.
+        self._info: dict[User, dict[str, ConnectionInfo]] = {}
         # tenant -> agent_id -> conn_id -> presence.
         self._agents: dict[str, dict[str, dict[str, _Presence]]] = {}
         self._order = itertools.count(1)
@@ -161,16 +171,18 @@ class MemoryEngine(DelegatedMessaging):
         sub: str,
         conn_id: str,
         *,
+        tenant: str = "",
         rate_limit: int,
         max_connections: int,
         lease_seconds: int,
         window: int = 60,
         info: ConnectionInfo | None = None,
     ) -> UserVerdict:
-        check_info(sub, conn_id, info)
+        check_info(sub, conn_id, info, tenant)
         now = self._clock()
-        slots = self._live_slots(sub, now)
-        entry = self._log(self._user_rate, sub, window, now)
+        user = (tenant, sub)
+        slots = self._live_slots(user, now)
+        entry = self._log(self._user_rate, user, window, now)
         if len(entry.times) >= rate_limit:
             return Refused(Code.RATE_LIMITED, entry.retry_after(now))
         # A conn_id that already holds a slot is re-admitted, not counted twice against the max.
@@ -178,29 +190,38 @@ class MemoryEngine(DelegatedMessaging):
             return Refused(Code.CONNECTION_LIMIT)
         entry.times.append(now)
         slots[conn_id] = now + lease_seconds
-        self._slots[sub] = slots
+        self._slots[user] = slots
         if info is not None:
-            self._info.setdefault(sub, {})[conn_id] = info
+            self._info.setdefault(user, {})[conn_id] = info
         self._after_insert()
         return Admitted()
 
-    async def release(self, sub: str, conn_id: str) -> None:
-        self._drop_info(sub, conn_id)
-        slots = self._slots.get(sub)
+    async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
+        user = (tenant, sub)
+        self._drop_info(user, conn_id)
+        slots = self._slots.get(user)
         if slots is None:
             return
         slots.pop(conn_id, None)
         if not slots:
-            del self._slots[sub]
+            del self._slots[user]
 
-    async def list_connections(self, sub: str | None = None) -> list[ConnectionInfo]:
+    async def list_connections(
+        self, sub: str | None = None, *, tenant: str | None = None
+    ) -> list[ConnectionInfo]:
         now = self._clock()
-        subs = [sub] if sub is not None else list(self._info)
+        if sub is not None and tenant is not None:
+            users = [(tenant, sub)]
+        else:
+            users = [u for u in self._info if matches_user(u, sub, tenant)]
         rows: list[ConnectionInfo] = []
-        for one in subs:
-            slots = self._live_slots(one, now)
-            infos = self._info.get(one, {})
-            rows.extend(info for conn_id, info in infos.items() if conn_id in slots)
+        for user in users:
+            slots = self._live_slots(user, now)
+            infos = self._info.get(user, {})
+            rows.extend(
+                info for conn_id, info in infos.items()
+                if conn_id in slots and matches(info, sub, tenant)
+            )
         return sort_connections(rows)
 
     async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
@@ -208,23 +229,25 @@ class MemoryEngine(DelegatedMessaging):
         expiry = now + lease_seconds
         revived = 0
         for info in connections:
-            slots = self._live_slots(info.sub, now)
+            user = (info.tenant, info.sub)
+            slots = self._live_slots(user, now)
             # A connection that is open is counted: a slot whose lease ran out (the loop stalled
             # past the lease) is taken again, even past max_connections, and its info with it.
             if info.conn_id not in slots:
                 revived += 1
             slots[info.conn_id] = expiry
-            self._slots[info.sub] = slots
+            self._slots[user] = slots
             # A stored info is kept (a re-admission may have replaced it); a missing one is set.
-            self._info.setdefault(info.sub, {}).setdefault(info.conn_id, info)
+            self._info.setdefault(user, {}).setdefault(info.conn_id, info)
         if revived:
             log.warning("engine.leases_revived", count=revived)
             self._after_insert()
 
-    async def count_connections(self, sub: str) -> int:
-        slots = self._live_slots(sub, self._clock())
+    async def count_connections(self, sub: str, *, tenant: str = "") -> int:
+        user = (tenant, sub)
+        slots = self._live_slots(user, self._clock())
         if slots:
-            self._slots[sub] = slots
+            self._slots[user] = slots
         return len(slots)
 
     async def record_auth_failure(
@@ -333,24 +356,21 @@ class MemoryEngine(DelegatedMessaging):
     def sweep(self) -> None:
         """Drop every entry whose window, ban or leases are over."""
         now = self._clock()
-        for table in (self._ip_rate, self._ip_fails, self._user_rate):
-            for key in list(table):
-                entry = table[key]
-                entry.purge(now)
-                if not entry.times:
-                    del table[key]
+        _purge(self._ip_rate, now)
+        _purge(self._ip_fails, now)
+        _purge(self._user_rate, now)
         for ip in [ip for ip, until in self._bans.items() if until <= now]:
             del self._bans[ip]
-        for sub in list(self._slots):
-            self._live_slots(sub, now)
-        for sub in [s for s in self._info if s not in self._slots]:
-            del self._info[sub]
+        for user in list(self._slots):
+            self._live_slots(user, now)
+        for user in [u for u in self._info if u not in self._slots]:
+            del self._info[user]
         for tenant in list(self._agents):
             for agent_id in list(self._agents.get(tenant, {})):
                 self._live_conns(tenant, agent_id, now)
         self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 
-    def _log(self, table: dict[str, _Log], key: str, window: int, now: float) -> _Log:
+    def _log(self, table: dict[_K, _Log], key: _K, window: int, now: float) -> _Log:
         entry = table.get(key)
         if entry is None:
             entry = table[key] = _Log(window)
@@ -368,25 +388,25 @@ class MemoryEngine(DelegatedMessaging):
             return None
         return max(1, math.ceil(until - now))
 
-    def _live_slots(self, sub: str, now: float) -> dict[str, float]:
-        """The unexpired slots of ``sub``; the stored entry is dropped when none is left."""
-        slots = self._slots.get(sub)
+    def _live_slots(self, user: User, now: float) -> dict[str, float]:
+        """The unexpired slots of ``user``; the stored entry is dropped when none is left."""
+        slots = self._slots.get(user)
         if slots is None:
-            self._info.pop(sub, None)
+            self._info.pop(user, None)
             return {}
         for conn_id in [c for c, until in slots.items() if until <= now]:
             del slots[conn_id]
-            self._drop_info(sub, conn_id)
+            self._drop_info(user, conn_id)
         if not slots:
-            del self._slots[sub]
+            del self._slots[user]
         return slots
 
-    def _drop_info(self, sub: str, conn_id: str) -> None:
-        infos = self._info.get(sub)
+    def _drop_info(self, user: User, conn_id: str) -> None:
+        infos = self._info.get(user)
         if infos is not None:
             infos.pop(conn_id, None)
             if not infos:
-                del self._info[sub]
+                del self._info[user]
 
     def _live_conns(self, tenant: str, agent_id: str, now: float) -> dict[str, _Presence]:
         """The unexpired connections of one agent; emptied containers are dropped."""
@@ -410,8 +430,9 @@ class MemoryEngine(DelegatedMessaging):
         # Amortised O(1): a full sweep only once the tables have doubled since the last one.
         if self.tracked_keys() >= self._sweep_trigger:
             self.sweep()
-            for table in (self._ip_rate, self._ip_fails, self._user_rate):
-                _evict_oldest(table, self._max_keys)
+            _evict_oldest(self._ip_rate, self._max_keys)
+            _evict_oldest(self._ip_fails, self._max_keys)
+            _evict_oldest(self._user_rate, self._max_keys)
             self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 
     async def _sweep_forever(self) -> None:
@@ -420,7 +441,19 @@ class MemoryEngine(DelegatedMessaging):
             self.sweep()
 
 
-def _evict_oldest(table: dict[str, _V], cap: int) -> None:
+def _purge(table: dict[_K, _Log], now: float) -> None:
+    for key in list(table):
+        entry = table[key]
+        entry.purge(now)
+        if not entry.times:
+            del table[key]
+
+
+def matches_user(user: User, sub: str | None, tenant: str | None) -> bool:
+    return (sub is None or user[1] == sub) and (tenant is None or user[0] == tenant)
+
+
+def _evict_oldest(table: dict[_K, _V], cap: int) -> None:
     excess = len(table) - cap
     if excess <= 0:
         return

@@ -6,7 +6,9 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   across workers; :meth:`check_ip` and :meth:`admit_user` are one round trip each once the
   scripts are loaded (``start`` loads them; after a Redis restart redis-py reloads on NOSCRIPT).
 - The clock is Redis ``TIME``: hosts with skewed clocks still agree on windows and leases.
-- Keys are ``{prefix}:{u:<sub>}:slots|rate|info``, ``{prefix}:{ip:<ip>}:rate|fails|ban`` and, for
+- Keys are ``{prefix}:{u:<sub>}:slots|rate|info`` (a user without tenant) or
+  ``{prefix}:{u:<tenant>:<sub>}:slots|rate|info`` (a user is the pair tenant, sub),
+  ``{prefix}:{ip:<ip>}:rate|fails|ban`` (``<ip>`` an IPv4 address or an IPv6 network) and, for
   presence, ``{prefix}:{t:<tenant>}:agents`` (zset agent_id -> latest lease expiry) and
   ``{prefix}:{t:<tenant>}:a:<agent>`` (hash conn_id -> ``expiry_ms:connected_us:worker``). The
   part in braces is the Redis Cluster hash tag, so each script touches one slot; ``<sub>``,
@@ -59,7 +61,13 @@ from app.engine._redis_client import (
     tag,
     text,
 )
-from app.engine._shared import DelegatedMessaging, check_info, normalize_ip, sort_connections
+from app.engine._shared import (
+    DelegatedMessaging,
+    check_info,
+    matches,
+    normalize_ip,
+    sort_connections,
+)
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
@@ -131,8 +139,11 @@ class RedisEngine(DelegatedMessaging):
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def user_key(self, sub: str, kind: str) -> str:
-        return f"{self.prefix}:{{u:{tag(sub)}}}:{kind}"
+    def user_key(self, sub: str, kind: str, tenant: str = "") -> str:
+        # base64url holds no ":", so "<tenant>:<sub>" cannot alias another pair; a user without a
+        # tenant keeps the key it had before tenants were part of it.
+        user = f"{tag(tenant)}:{tag(sub)}" if tenant else tag(sub)
+        return f"{self.prefix}:{{u:{user}}}:{kind}"
 
     def ip_key(self, ip: str, kind: str) -> str:
         return f"{self.prefix}:{{ip:{tag(normalize_ip(ip))}}}:{kind}"
@@ -232,31 +243,34 @@ class RedisEngine(DelegatedMessaging):
         sub: str,
         conn_id: str,
         *,
+        tenant: str = "",
         rate_limit: int,
         max_connections: int,
         lease_seconds: int,
         window: int = 60,
         info: ConnectionInfo | None = None,
     ) -> UserVerdict:
-        check_info(sub, conn_id, info)
-        keys = [self.user_key(sub, "slots"), self.user_key(sub, "rate"), self.user_key(sub, "info")]
+        check_info(sub, conn_id, info, tenant)
+        keys = [self.user_key(sub, kind, tenant) for kind in ("slots", "rate", "info")]
         args: list[str | int] = [
             conn_id, rate_limit, max_connections, lease_seconds, window, secrets.token_hex(8),
             _info_json(info) if info is not None else "",
         ]
         return self._verdict(await self._run("admit_user", keys, args))
 
-    async def release(self, sub: str, conn_id: str) -> None:
-        keys = [self.user_key(sub, "slots"), self.user_key(sub, "info")]
+    async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
+        keys = [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)]
         try:
             await self._scripts["release"](keys=keys, args=[conn_id])
         except UNAVAILABLE as exc:
             # The lease runs out by itself within lease_seconds; nothing else to do.
             log.warning("engine.release_failed", error=type(exc).__name__)
 
-    async def list_connections(self, sub: str | None = None) -> list[ConnectionInfo]:
-        if sub is not None:
-            keys = [self.user_key(sub, "slots"), self.user_key(sub, "info")]
+    async def list_connections(
+        self, sub: str | None = None, *, tenant: str | None = None
+    ) -> list[ConnectionInfo]:
+        if sub is not None and tenant is not None:
+            keys = [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)]
             return sort_connections(_parse_infos(await self._run("list_connections", keys, [])))
         rows: list[ConnectionInfo] = []
         try:
@@ -268,7 +282,7 @@ class RedisEngine(DelegatedMessaging):
                     for info_key in info_keys[start : start + LIST_BATCH]
                 ]
                 for reply in await self._run_many("list_connections", calls):
-                    rows.extend(_parse_infos(reply))
+                    rows.extend(info for info in _parse_infos(reply) if matches(info, sub, tenant))
         except UNAVAILABLE as exc:
             raise EngineUnavailable(
                 f"redis list_connections: {type(exc).__name__}: {exc}"
@@ -288,14 +302,17 @@ class RedisEngine(DelegatedMessaging):
         return sorted(keys)
 
     async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
-        by_sub: defaultdict[str, list[str | int]] = defaultdict(list)
+        by_user: defaultdict[tuple[str, str], list[str | int]] = defaultdict(list)
         for info in connections:
-            by_sub[info.sub] += [info.conn_id, _info_json(info)]
-        if not by_sub:
+            by_user[(info.tenant, info.sub)] += [info.conn_id, _info_json(info)]
+        if not by_user:
             return
         calls: list[_Call] = [
-            ([self.user_key(sub, "slots"), self.user_key(sub, "info")], [lease_seconds, *args])
-            for sub, args in by_sub.items()
+            (
+                [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)],
+                [lease_seconds, *args],
+            )
+            for (tenant, sub), args in by_user.items()
         ]
         try:
             # One script per user (one hash slot each), all in one pipelined round trip.
@@ -304,8 +321,8 @@ class RedisEngine(DelegatedMessaging):
             raise EngineUnavailable(f"redis renew: {type(exc).__name__}: {exc}") from exc
         _log_revived("engine.leases_revived", replies)
 
-    async def count_connections(self, sub: str) -> int:
-        keys = [self.user_key(sub, "slots"), self.user_key(sub, "info")]
+    async def count_connections(self, sub: str, *, tenant: str = "") -> int:
+        keys = [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)]
         return int(await self._run("count_connections", keys, []))
 
     async def record_auth_failure(
@@ -412,6 +429,7 @@ def _parse_infos(reply: Any) -> list[ConnectionInfo]:
                     client_ip=str(body["client_ip"]),
                     worker=str(body["worker"]),
                     connected_at=float(body["connected_at"]),
+                    tenant=str(body.get("tenant") or ""),
                 )
             )
         except (ValueError, KeyError, TypeError):

@@ -111,6 +111,8 @@ def _event_row(ev: SecurityEvent) -> dict[str, Any]:
         "origin": _clipped("origin", ev.origin),
         "detail": _clipped("detail", ev.detail),
         "worker": _clipped("worker", ev.worker),
+        "tenant": _clipped("tenant", ev.tenant),
+        "count": max(1, ev.count),
     }
 
 
@@ -252,12 +254,15 @@ class Store:
         reason: str = "",
         created_by: str,
         expires_at: datetime | None = None,
+        tenant: str | None = None,
     ) -> RevocationRecord:
         """Revoke one token (``jti``) or every token of ``sub`` issued before ``issued_before``
         (default: now, fixed at this call so that it means the same after a restart).
 
         Exactly one of ``jti`` and ``sub`` is given. Revoking an already revoked ``jti`` is not an
-        error: the existing entry is returned unchanged (even under concurrent calls).
+        error: the existing entry is returned unchanged (even under concurrent calls); revoking it
+        again for another ``tenant`` raises ValueError. ``tenant`` limits the revocation to that
+        tenant's tokens (None: every tenant).
         """
         if (jti is None) == (sub is None):
             raise ValueError("give exactly one of jti and sub")
@@ -275,6 +280,7 @@ class Store:
             created_by=_clipped("created_by", created_by) or "",
             created_at=now,
             expires_at=_aware("expires_at", expires_at),
+            tenant=None if tenant is None else _checked("tenant", tenant),
         )
         try:
             async with self.engine.begin() as conn:
@@ -285,6 +291,10 @@ class Store:
             existing = await self._revocation_by_jti(jti)
             if existing is None:  # deleted between the two statements: unlikely; report it
                 raise
+            if existing.tenant != record.tenant:
+                # One row per jti: another scope's revocation is neither returned (it is another
+                # tenant's) nor widened or narrowed silently.
+                raise ValueError("this jti is already revoked for another tenant scope") from None
             return existing
         return record
 
@@ -297,9 +307,14 @@ class Store:
             )
         return None if row is None else RevocationRecord(**row)
 
-    async def list_revocations(self, active_only: bool = True) -> list[RevocationRecord]:
-        """Revocations, oldest first; by default only those whose tokens may still be alive."""
+    async def list_revocations(
+        self, active_only: bool = True, *, tenant: str | None = None
+    ) -> list[RevocationRecord]:
+        """Revocations, oldest first; by default only those whose tokens may still be alive.
+        With ``tenant``, only those limited to that tenant."""
         query = select(_REVOCATIONS).order_by(_REVOCATIONS.c.created_at, _REVOCATIONS.c.id)
+        if tenant is not None:
+            query = query.where(_REVOCATIONS.c.tenant == tenant)
         if active_only:
             now = self._clock()
             query = query.where(
@@ -332,12 +347,13 @@ class Store:
         until: datetime | None = None,
         before: EventCursor | None = None,
         limit: int = 100,
+        tenant: str | None = None,
     ) -> list[StoredEvent]:
         """Events newest first (by ``at``, then ``id``).
 
         ``sub`` matches the verified or the claimed subject; ``since`` is inclusive, ``until``
         exclusive; ``before`` (the ``cursor`` of the last event of a page) gives the next page.
-        ``limit`` is clamped to 1..500.
+        ``limit`` is clamped to 1..500. ``tenant`` keeps only events of that (verified) tenant.
         """
         limit = max(1, min(int(limit), MAX_EVENT_LIMIT))
         c = _EVENTS.c
@@ -346,6 +362,8 @@ class Store:
             query = query.where(c.code == str(code))
         if sub is not None:
             query = query.where(or_(c.verified_sub == sub, c.claimed_sub == sub))
+        if tenant is not None:
+            query = query.where(c.tenant == tenant)
         if since is not None:
             query = query.where(c.at >= _aware("since", since))
         if until is not None:

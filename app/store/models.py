@@ -53,6 +53,7 @@ LIMITS: dict[str, int] = {
     "cidr": 64,
     "reason": 512,
     "created_by": 256,
+    "tenant": 256,
 }
 
 
@@ -113,6 +114,9 @@ class SecurityEventRow(Base):
     origin: Mapped[str | None] = mapped_column(_str("origin"))
     detail: Mapped[str | None] = mapped_column(_str("detail"))
     worker: Mapped[str | None] = mapped_column(_str("worker"))
+    tenant: Mapped[str | None] = mapped_column(_str("tenant"), index=True)
+    # Refused attempts this row stands for (floods are stored once per address and code per 10 s).
+    count: Mapped[int] = mapped_column(Integer(), nullable=False, default=1, server_default="1")
 
 
 class IpBanRow(Base):
@@ -132,6 +136,7 @@ class RevocationRow(Base):
     """A revoked ``jti`` (unique), or every token of ``sub`` issued before ``issued_before``.
 
     ``expires_at`` is when the revoked tokens would have expired anyway (NULL: unknown, kept).
+    ``tenant`` limits it to that tenant's tokens ("" : tokens without one; NULL: every tenant).
     """
 
     __tablename__ = "revocations"
@@ -144,6 +149,8 @@ class RevocationRow(Base):
     created_by: Mapped[str] = mapped_column(_str("created_by"), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # The tenant whose tokens it revokes; NULL: every tenant (a platform admin's revocation).
+    tenant: Mapped[str | None] = mapped_column(_str("tenant"))
 
 
 # Serves both "since/until" ranges on ``at`` and the (at, id) keyset that pages newest first.

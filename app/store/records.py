@@ -48,6 +48,7 @@ class RevocationRecord:
     created_by: str
     created_at: datetime
     expires_at: datetime | None
+    tenant: str | None = None  # None: every tenant; "": tokens without one
 
     def to_revocation(self) -> Revocation:
         """The entry as :class:`app.revocations.RevocationList` holds it (Unix seconds)."""
@@ -56,6 +57,7 @@ class RevocationRecord:
             sub=self.sub,
             issued_before=_ts(self.issued_before),
             expires_at=_ts(self.expires_at),
+            tenant=self.tenant,
         )
 
     def is_active(self, now: datetime) -> bool:
@@ -80,6 +82,8 @@ class StoredEvent:
     origin: str | None
     detail: str | None
     worker: str | None
+    tenant: str | None = None
+    count: int = 1
 
     @property
     def cursor(self) -> EventCursor:

@@ -38,6 +38,27 @@ async def test_acquire_release_and_max(engine: Engine) -> None:
     assert await engine.admit_user("alice", "c4", **LIMITS) == Refused(Code.CONNECTION_LIMIT)
 
 
+async def test_a_user_is_the_pair_tenant_and_sub(engine: Engine) -> None:
+    limits = {**LIMITS, "max_connections": 1}
+
+    def info(tenant: str, conn_id: str) -> ConnectionInfo:
+        return ConnectionInfo(conn_id, "shared", "agent", "192.0.2.1", "w1", 1.0, tenant=tenant)
+
+    for tenant in ("a", "b", ""):
+        verdict = await engine.admit_user("shared", f"c-{tenant}", tenant=tenant, info=info(tenant, f"c-{tenant}"), **limits)
+        assert verdict == Admitted(), tenant
+    assert await engine.admit_user("shared", "c-a2", tenant="a", **limits) == Refused(Code.CONNECTION_LIMIT)
+    assert await engine.count_connections("shared", tenant="a") == 1
+    assert [c.tenant for c in await engine.list_connections("shared", tenant="b")] == ["b"]
+    assert sorted(c.tenant for c in await engine.list_connections("shared")) == ["", "a", "b"]
+    assert [c.conn_id for c in await engine.list_connections(tenant="a")] == ["c-a"]
+    await engine.release("shared", "c-a", tenant="a")
+    assert await engine.count_connections("shared", tenant="a") == 0
+    assert await engine.count_connections("shared", tenant="b") == 1
+    await engine.renew([info("b", "c-b"), info("", "c-")], lease_seconds=30)
+    assert sorted(c.tenant for c in await engine.list_connections("shared")) == ["", "b"]
+
+
 async def test_release_is_idempotent_and_never_raises(engine: Engine) -> None:
     assert await engine.admit_user("alice", "c0", **LIMITS) == Admitted()
     await engine.release("alice", "c0")

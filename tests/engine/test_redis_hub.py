@@ -201,7 +201,8 @@ async def test_one_round_trip_per_hub_call(
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
     calls: list[tuple[Any, bytes]] = [
         (lambda: engine.admit_user("alice", "c1", **LIMITS, info=row), b"EVALSHA"),
-        (lambda: engine.list_connections("alice"), b"EVALSHA"),
+        # One user is (tenant, sub): without a tenant, a sub is looked for in every tenant (SCAN).
+        (lambda: engine.list_connections("alice", tenant=""), b"EVALSHA"),
         (lambda: engine.renew([row, bob], lease_seconds=30), b"EVALSHA"),
         (lambda: engine.release("alice", "c1"), b"EVALSHA"),
         (lambda: engine.agent_online("acme", "a1", "c1", lease_seconds=30), b"EVALSHA"),
