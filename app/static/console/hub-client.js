@@ -641,7 +641,7 @@ var DashboardClient = class extends HubClient {
 };
 
 // src/messages.ts
-var SERVER_TYPES = ["welcome", "auth.expiring", "auth.refreshed", "error", "pong", "command", "subscribed", "command.accepted", "result", "event", "presence"];
+var SERVER_TYPES = ["welcome", "auth.expiring", "auth.refreshed", "error", "pong", "command", "subscribed", "command.accepted", "result", "event", "presence", "presence.snapshot"];
 export {
   AgentClient,
   AgentOffline,

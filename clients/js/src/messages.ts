@@ -4,6 +4,12 @@
 /** Any JSON value (payloads are the agents' and operators' own). */
 export type JsonValue = null | boolean | number | string | JsonValue[] | { readonly [key: string]: JsonValue };
 
+/** One agent's presence inside a :class:`PresenceSnapshot`. */
+export type AgentStatus = {
+  readonly agent_id: string;
+  readonly status: "online" | "offline";
+};
+
 /** ping (client to server) */
 export interface PingMessage {
   readonly id?: string | number | null;
@@ -129,6 +135,12 @@ export interface PresenceMessage {
   readonly status: "online" | "offline";
 }
 
+/** After ``subscribed``: the current presence of many agents at once (a batch of at most */
+export interface PresenceSnapshotMessage {
+  readonly type: "presence.snapshot";
+  readonly agents: AgentStatus[];
+}
+
 /** What the client sends to /ws/agent. */
 export type AgentClientMessage =
   | PingMessage
@@ -163,7 +175,8 @@ export type DashboardServerMessage =
   | CommandAcceptedMessage
   | ResultDeliveryMessage
   | EventDeliveryMessage
-  | PresenceMessage;
+  | PresenceMessage
+  | PresenceSnapshotMessage;
 
 export type ClientMessage =
   | PingMessage
@@ -184,7 +197,8 @@ export type ServerMessage =
   | CommandAcceptedMessage
   | ResultDeliveryMessage
   | EventDeliveryMessage
-  | PresenceMessage;
+  | PresenceMessage
+  | PresenceSnapshotMessage;
 
 /** The type strings the hub may send (a client ignores any other). */
-export const SERVER_TYPES: readonly ServerMessage["type"][] = ["welcome","auth.expiring","auth.refreshed","error","pong","command","subscribed","command.accepted","result","event","presence"];
+export const SERVER_TYPES: readonly ServerMessage["type"][] = ["welcome","auth.expiring","auth.refreshed","error","pong","command","subscribed","command.accepted","result","event","presence","presence.snapshot"];
