@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 
 from app.tokens import mint
 from tests.support.package import InstalledHub, build_and_install
+from tests.support.postgres import PgServer, pg_server_for_tests
 from tests.support.redis_ha import RedisCluster6, SentinelGroup
 from tests.support.redis_server import RedisServer
 from tests.support.server import HubProcess
@@ -108,3 +109,34 @@ def sentinel_url() -> Iterator[str]:
 def redis_env(url: str, **extra: str) -> dict[str, str]:
     """Settings for a hub on ``url`` under a prefix of its own (shared by the hubs of one test)."""
     return {"HUB_REDIS_URL": url, "HUB_REDIS_PREFIX": f"t{secrets.token_hex(5)}", **extra}
+
+
+# -- databases: SQLite in a temporary folder, and a throwaway PostgreSQL database per test --------
+
+
+@pytest.fixture(scope="session")
+async def pg_server() -> AsyncIterator[PgServer]:
+    async with pg_server_for_tests() as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_database(pg_server: PgServer) -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    url = await pg_server.create_database()
+    try:
+        yield url
+    finally:
+        await pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of its own for this test, never migrated (tests/store/conftest.py's
+    ``store`` fixture gives a migrated one)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    # Requested only here, so that the SQLite half never needs PostgreSQL. (A sync fixture: an
+    # async one cannot set up another async fixture on demand.)
+    url: str = request.getfixturevalue("pg_database")
+    return url

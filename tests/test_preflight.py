@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app import preflight
+from app.config import load_settings
 from app.store.migrate import head_revision, upgrade
 from tests.conftest import SECRET, make_token
 from tests.support.cli import ROOT, run_cli
 from tests.support.client import attempt
-from tests.support.postgres import PgServer, pg_server_for_tests
 from tests.support.server import free_port
 
 PRODUCTION = {"HUB_ENV": "production", "HUB_JWT_SECRET": SECRET, "HUB_LOG_FORMAT": "json"}
@@ -31,30 +33,6 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("hubctl: HUB_"), lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-async def pg_server() -> AsyncIterator[PgServer]:
-    async with pg_server_for_tests() as server:
-        yield server
-
-
-@pytest.fixture
-async def pg_database(pg_server: PgServer) -> AsyncIterator[str]:
-    url = await pg_server.create_database()
-    try:
-        yield url
-    finally:
-        await pg_server.drop_database(url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of either kind, never migrated (sync: see tests/store/conftest.py)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'var' / 'hub.db'}"
-    url: str = request.getfixturevalue("pg_database")
-    return url
 
 
 def test_serve_refuses_a_database_that_was_never_migrated(tmp_path: Path, database_url: str) -> None:
@@ -72,10 +50,12 @@ async def test_serve_refuses_a_database_migrated_by_a_newer_version(
 
 
 async def test_serve_refuses_a_database_behind_the_code(tmp_path: Path, database_url: str) -> None:
-    await _migrate(database_url)
-    await _set_revision(database_url, None)  # every table there, the version row gone
+    await _migrate(database_url, "0001_initial")  # as version 1 left it
     line = one_line(run_cli(tmp_path, "serve", HUB_DATABASE_URL=database_url, **PRODUCTION))
-    assert "`hubctl migrate`" in line
+    assert f"at revision 0001_initial, this version needs {head_revision()}: run `hubctl migrate`" in line
+    assert run_cli(tmp_path, "migrate", HUB_DATABASE_URL=database_url, **PRODUCTION).returncode == 0
+    settings = load_settings(env="production", jwt_secret=SECRET, database_url=database_url)
+    assert await asyncio.to_thread(preflight.check, settings) == []  # nothing left to say
 
 
 def test_serve_and_migrate_refuse_an_unreachable_database(tmp_path: Path) -> None:
@@ -157,10 +137,8 @@ async def test_unreachable_redis_is_one_warning_and_the_hub_fails_closed(
     assert outcome.status == 503 and outcome.code == "unavailable", outcome
 
 
-async def _migrate(url: str) -> None:
-    import asyncio
-
-    await asyncio.to_thread(upgrade, url)
+async def _migrate(url: str, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, url, revision)
 
 
 async def _set_revision(url: str, revision: str | None) -> None:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from app.security_log import SecurityEvent
 from app.store import Store
 from app.store.migrate import upgrade
-from tests.support.postgres import PgServer, pg_server_for_tests
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -43,33 +41,6 @@ def make_event(
     }
     values.update(fields)
     return SecurityEvent(code=code, at=at.timestamp(), **values)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-async def pg_server() -> AsyncIterator[PgServer]:
-    async with pg_server_for_tests() as server:
-        yield server
-
-
-@pytest.fixture
-async def pg_database(pg_server: PgServer) -> AsyncIterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped after the test."""
-    url = await pg_server.create_database()
-    try:
-        yield url
-    finally:
-        await pg_server.drop_database(url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of its own for this test (no schema: see ``store`` for a migrated one)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
-    # Requested only here, so that the SQLite half never needs PostgreSQL. (A sync fixture: an
-    # async one cannot set up another async fixture on demand.)
-    url: str = request.getfixturevalue("pg_database")
-    return url
 
 
 async def migrate(url: str, revision: str = "head") -> None:
