@@ -30,15 +30,20 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 SOCKET_TIMEOUT_SECONDS = 1.0
 # Failures that mean "shared state is unreachable or refusing": the caller fails closed.
-# AttributeError: during a failover redis-py 8.1's cluster client disconnects pooled connections
-# while other tasks are starting to use them ("'NoneType' object has no attribute
-# 'writelines'"); it means the node is gone, and must fail closed like a refused connection
-# rather than escape as a 500.
-UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError, AttributeError)
+# AttributeError and RuntimeError: during a failover redis-py 8.1's cluster client disconnects
+# pooled connections while other tasks are starting to use them ("'NoneType' object has no
+# attribute 'writelines'" on asyncio's loop, "unable to perform operation on <TCPTransport
+# closed=True>" on uvloop's); it means the node is gone, and must fail closed like a refused
+# connection rather than escape as a 500.
+# RedisClusterException is not a RedisError: its SlotNotCoveredError is what a cluster client
+# raises while a dead primary's slots have no owner yet (the failover window itself).
+UNAVAILABLE = (
+    RedisError, RedisClusterException, OSError, asyncio.TimeoutError, AttributeError, RuntimeError,
+)
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 Kind = Literal["single", "sentinel", "cluster"]
