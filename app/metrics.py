@@ -44,6 +44,12 @@ HANDSHAKES = Counter(
     "hub_handshakes_total", "WebSocket handshakes by endpoint and outcome code", ["endpoint", "outcome"]
 )
 AUTH_FAILURES = Counter("hub_auth_failures_total", "Refused authentications by reason", ["reason"])
+# Report-only rollout: handshakes admitted unverified, by the code they would have been refused with.
+AUTH_WOULD_REFUSE = Counter(
+    "hub_auth_would_refuse_total",
+    "Handshakes admitted unverified in report-only mode, by endpoint and the code they would get",
+    ["endpoint", "code"],
+)
 HANDSHAKE_SECONDS = Histogram(
     "hub_handshake_seconds",
     "Time to decide a handshake",
