@@ -75,6 +75,8 @@ async def refuse(connection: HTTPConnection, exc: Exception) -> Response | None:
         await websocket.accept(subprotocol=exc.subprotocol)
         await websocket.close(code=handshake_close_code(exc.code), reason=exc.code.value)
         return None
+    if exc.principal is not None:
+        connection.state.admin_principal = exc.principal  # the actor, for the audit trail
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     return JSONResponse(
         {"error": exc.code.value, "message": entry.message}, status_code=entry.status, headers=headers

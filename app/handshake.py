@@ -82,6 +82,9 @@ class HandshakeRefused(Exception):
     retry_after: int = 0
     http_only: bool = False
     subprotocol: str | None = None
+    # The verified identity when the token was good but refused (revoked, roles): the actor of
+    # a refused admin request in the audit trail.
+    principal: Principal | None = None
 
 
 class TokenSearchError(Exception):
@@ -411,7 +414,7 @@ class _Refuser:
         recorded = self._floods.admit(event) if http_only and self._floods is not None else event
         if recorded is not None:
             self._log.record(recorded)
-        return HandshakeRefused(code, retry_after=retry_after, http_only=http_only)
+        return HandshakeRefused(code, retry_after=retry_after, http_only=http_only, principal=principal)
 
     def report(self, error: TokenError) -> None:
         """Record a relaxed refusal (report-only): one ``ws.auth_would_refuse`` event."""
