@@ -10,13 +10,15 @@ accepted ones: a 401, a tenant admin's 403, a 404, a 422 (``invalid_message``,
 a flood of them is already recorded, counted, as security events (app.flood), and one row per
 attempt would let a banned address fill the table.
 
-Guarantees: an entry never holds a token (targets are redacted and cut, app.logs.redact); a
-failure to store an entry never changes the answer the admin got, and is logged
+Guarantees: the entry is stored before the answer is sent (an admin who got an answer can read
+its entry); an entry never holds a token (targets are redacted and cut, app.logs.redact); a
+failure to store an entry never changes the answer the admin gets, and is logged
 (``admin.audit_failed``, with the entry) and counted (``hub_admin_audit_failures_total``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ ACTIONS = ("ban", "unban", "revoke", "disconnect")
 NOT_AUDITED = frozenset({Code.IP_BANNED.value, Code.RATE_LIMITED.value})
 # Admin request bodies are small; what is read beyond this is not kept for the target.
 MAX_BODY = 16 * 1024
+WRITE_TIMEOUT = 5.0
 _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(r"^/admin/bans/?$"), "ban"),
     ("DELETE", re.compile(r"^/admin/bans/(?P<target>[^/]+)$"), "unban"),
@@ -137,19 +140,30 @@ class AuditMiddleware:
                 request_body.extend(message.get("body", b"")[: MAX_BODY - len(request_body)])
             return message
 
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
+        start: Message | None = None
+        recorded = False
+
+        async def send_after_recording(message: Message) -> None:
+            # The answer leaves only once its entry is stored: held back until the first body
+            # chunk (the hub's refusals are one chunk, and it holds the refusal's code).
+            nonlocal status, start, recorded
             if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif (message["type"] == "http.response.body" and not 200 <= status < 300
-                  and len(response_body) < MAX_BODY):
-                response_body.extend(message.get("body", b"")[: MAX_BODY - len(response_body)])
+                status, start = int(message["status"]), message
+                return
+            if message["type"] == "http.response.body" and not recorded:
+                if not 200 <= status < 300:
+                    response_body.extend(message.get("body", b"")[:MAX_BODY])
+                recorded = True
+                await self._record(scope, audited, bytes(request_body), status, bytes(response_body))
+                if start is not None:
+                    await send(start)
             await send(message)
 
         try:
-            await self.app(scope, receive_and_keep, send_and_watch)
+            await self.app(scope, receive_and_keep, send_after_recording)
         finally:
-            await self._record(scope, audited, bytes(request_body), status, bytes(response_body))
+            if not recorded:  # no answer at all (the app failed before one)
+                await self._record(scope, audited, bytes(request_body), status, bytes(response_body))
 
     async def _record(
         self, scope: Scope, audited: Audited, request_body: bytes, status: int, response_body: bytes
@@ -178,7 +192,9 @@ class AuditMiddleware:
         }
         metrics.ADMIN_ACTIONS.labels(audited.action, outcome if outcome in _KNOWN else "other").inc()
         try:
-            await add_audit(runtime.store, **entry)  # type: ignore[arg-type]
+            # Bounded: a hung database must not hold the admin's answer for long.
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await add_audit(runtime.store, **entry)  # type: ignore[arg-type]
         except Exception as exc:
             metrics.ADMIN_AUDIT_FAILURES.inc()
             log.error("admin.audit_failed", error=type(exc).__name__,
