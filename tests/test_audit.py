@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,3 +140,15 @@ async def test_entries_survive_a_restart(start_hub: StartHub, database_env: dict
         entries = await _entries(admin)
     assert [(e["actor"], e["action"], e["target"], e["outcome"]) for e in entries] == [
         ("restart-admin", "revoke", "sub:mallory", "ok")]
+
+
+async def test_an_entry_the_database_refuses_does_not_change_the_answer(start_hub: StartHub) -> None:
+    name = f"audit-broken-{secrets.token_hex(3)}"
+    server = start_hub(name=name)
+    with sqlite3.connect(server.workdir / f"{name}.db") as db:
+        db.execute("DROP TABLE admin_audit")
+    async with _client(server, _admin_token("ops-broken")) as admin:
+        assert (await admin.post("/admin/users/nobody/disconnect")).status_code == 202
+    failed = [json.loads(line) for line in server.log_text().splitlines() if "admin.audit_failed" in line]
+    assert failed and failed[0]["actor"] == "ops-broken" and failed[0]["target"] == "nobody"
+    assert "hub_admin_audit_failures_total 1.0" in httpx.get(f"{server.http}/metrics", timeout=5).text

@@ -122,6 +122,8 @@ async def test_tokenless_and_expired_agents_are_admitted_unverified_and_reported
         assert expired_token not in json.dumps(rows)
     assert _metric(server, "hub_auth_would_refuse_total", endpoint="agent", code="token_missing") == 1
     assert _metric(server, "hub_auth_would_refuse_total", endpoint="agent", code="token_expired") == 1
+    started = _log_events(server, "hub.report_only")
+    assert started and started[0]["endpoints"] == ["agent"] and started[0]["over"] is False
     # Not an authentication failure: a legacy fleet behind one address must not get it banned.
     assert _metric(server, "hub_auth_failures_total", reason="token_missing") == 0
 
