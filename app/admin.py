@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
@@ -20,7 +20,8 @@ from app.errors import Code, spec
 from app.handshake import HandshakeRequest
 from app.netaddr import parse_ip, parse_network
 from app.runtime import Runtime
-from app.store.records import BanRecord, EventCursor, RevocationRecord, StoredEvent
+from app.store.audit import query_audit
+from app.store.records import AuditEntry, BanRecord, EventCursor, RevocationRecord, StoredEvent
 from app.tokens import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="An access token with role `admin`.")
@@ -46,7 +47,9 @@ async def admin_principal(
     """The caller, verified: raises HandshakeRefused (answered as 401/403/429/503 JSON). A token
     with ``tenant`` is a tenant admin: every endpoint below limits it to that tenant."""
     runtime: Runtime = request.app.state.runtime
-    return await runtime.gatekeeper.authenticate_admin(_admin_request(request))
+    principal = await runtime.gatekeeper.authenticate_admin(_admin_request(request))
+    request.state.admin_principal = principal  # the actor, for the audit trail (app.audit)
+    return principal
 
 
 async def platform_admin(
@@ -56,7 +59,9 @@ async def platform_admin(
     """An admin without ``tenant``: IP bans are global, so tenant admins get 403
     ``role_forbidden`` (logged like any refusal)."""
     runtime: Runtime = request.app.state.runtime
-    return await runtime.gatekeeper.authenticate_admin(_admin_request(request), platform=True)
+    principal = await runtime.gatekeeper.authenticate_admin(_admin_request(request), platform=True)
+    request.state.admin_principal = principal
+    return principal
 
 
 def _text(value: str) -> str:
@@ -305,6 +310,37 @@ async def security_events(
     )
     next_cursor = _encode_cursor(events[-1].cursor) if len(events) == limit else None
     return EventsPage(events=events, next=next_cursor)
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next: str | None = Field(None, description="Pass as `before` to get the next (older) page.")
+
+
+@router.get("/audit", response_model=AuditPage)
+async def audit(
+    admin: Admin,
+    runtime: RuntimeDep,
+    actor: Annotated[str | None, Query(max_length=256)] = None,
+    action: Annotated[Literal["ban", "unban", "revoke", "disconnect"] | None, Query()] = None,
+    since: UtcTime | None = None,
+    before: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AuditPage | JSONResponse:
+    """Admin requests that changed or tried to change state (``ban``, ``unban``, ``revoke``,
+    ``disconnect``), refused ones included, newest first; ``next`` pages to older entries.
+    ``outcome`` is ``ok`` or the refusal code; ``actor``/``tenant`` are null when the request was
+    refused before its token was verified. A tenant admin sees its own tenant's entries only."""
+    try:
+        cursor = _cursor(before)
+    except ValueError:
+        return _error(Code.INVALID_MESSAGE, 422)
+    entries = await query_audit(
+        runtime.store, actor=actor, action=action, since=since, before=cursor, limit=limit,
+        tenant=admin.tenant,
+    )
+    next_cursor = _encode_cursor(entries[-1].cursor) if len(entries) == limit else None
+    return AuditPage(entries=entries, next=next_cursor)
 
 
 def _scope(admin: Principal, asked: str | None) -> str | None:

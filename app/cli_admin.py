@@ -91,6 +91,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         params = {k: v for k, v in (("code", args.code), ("sub", args.sub), ("since", args.since),
                                     ("limit", args.limit)) if v is not None}
         return _call(args, settings, "GET", "/admin/security-events", params=params)
+    if verb == "audit":
+        params = {k: v for k, v in (("actor", args.actor), ("action", args.action),
+                                    ("since", args.since), ("limit", args.limit)) if v is not None}
+        return _call(args, settings, "GET", "/admin/audit", params=params)
     raise SystemExit(f"hubctl: unknown admin verb {verb}")
 
 
@@ -127,3 +131,8 @@ def add_parsers(verbs: Any) -> None:
     events.add_argument("--sub")
     events.add_argument("--since", help="ISO 8601 with a time zone")
     events.add_argument("--limit", type=int)
+    audit = verb("audit", "query the audit trail of admin actions, newest first")
+    audit.add_argument("--actor", help="the admin's sub")
+    audit.add_argument("--action", choices=["ban", "unban", "revoke", "disconnect"])
+    audit.add_argument("--since", help="ISO 8601 with a time zone")
+    audit.add_argument("--limit", type=int)

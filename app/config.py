@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine._redis_client import parse_redis_url
@@ -26,6 +33,7 @@ MIN_HMAC_SECRET_BYTES = 32
 MIN_HMAC_SECRET_DISTINCT_BYTES = 10
 HUB_ROLES = frozenset({"agent", "dashboard", "operator", "admin"})
 DISCOVER = "discover"
+REPORT_ONLY_ENDPOINTS = frozenset({"agent", "dashboard"})
 _CLAIM_PATH = r"^[A-Za-z0-9_:/-]+(\.[A-Za-z0-9_:/-]+)*$"
 
 
@@ -123,6 +131,10 @@ class Settings(BaseSettings):
     ipv6_prefix_length: int = Field(default=64, ge=1, le=128)
     handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     allow_query_token: bool = True
+    # Report-only rollout (issue 14): endpoints where token and role refusals are reported, not
+    # enforced, until the instant below (then every endpoint enforces again, without a restart).
+    auth_report_only: CommaList = Field(default_factory=list)
+    auth_report_only_until: AwareDatetime | None = None
 
     refresh_warning_seconds: int = Field(default=60, ge=0)
     connection_lease_seconds: int = Field(default=30, ge=3, le=3600)
@@ -148,7 +160,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("jwt_algorithms", "allowed_origins", "banned_cidrs", "trusted_proxies",
-                     "jwt_role_map", mode="before")
+                     "jwt_role_map", "auth_report_only", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -180,6 +192,14 @@ class Settings(BaseSettings):
     def _cidrs(cls, value: list[str]) -> list[str]:
         parse_networks(value)
         return value
+
+    @field_validator("auth_report_only")
+    @classmethod
+    def _report_only_endpoints(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in REPORT_ONLY_ENDPOINTS:
+                raise ValueError(f"{item!r} is not an endpoint (agent, dashboard)")
+        return sorted(set(value))
 
     @field_validator("jwt_role_map")
     @classmethod
@@ -241,6 +261,10 @@ class Settings(BaseSettings):
                 "the embedded engine cannot enforce limits across processes; set HUB_REDIS_URL "
                 "to run more than one worker",
             )
+        if self.auth_report_only and self.auth_report_only_until is None:
+            # Report-only without an end is an unauthenticated hub that nobody remembers to fix.
+            raise _named("auth_report_only_until", "is required with HUB_AUTH_REPORT_ONLY: the "
+                         "instant (ISO 8601 UTC) when enforcement resumes")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise _named("ssl_certfile", "HUB_SSL_CERTFILE and HUB_SSL_KEYFILE go together")
         return self
@@ -260,6 +284,13 @@ class Settings(BaseSettings):
     @property
     def trusted_networks(self) -> list[IPNetwork]:
         return parse_networks(self.trusted_proxies)
+
+    @property
+    def report_only_until_ts(self) -> float | None:
+        """``HUB_AUTH_REPORT_ONLY_UNTIL`` in Unix seconds; None without report-only endpoints."""
+        if not self.auth_report_only or self.auth_report_only_until is None:
+            return None
+        return self.auth_report_only_until.timestamp()
 
     @property
     def engine_name(self) -> str:

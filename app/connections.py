@@ -83,7 +83,7 @@ class Connection:
             if isinstance(action, Send):
                 self.send(action.text)
             elif isinstance(action, Close):
-                self.close(action.code)
+                self.close(action.code, action.close)
         self.reschedule()
 
     def send(self, text: str) -> None:
@@ -118,8 +118,9 @@ class Connection:
             return
         self._stall_check = loop.call_later(STALL_SECONDS - stalled_for, self._check_stall)
 
-    def close(self, code: Code) -> None:
-        """Close with ``code`` (its close code and the code string as reason). First close wins."""
+    def close(self, code: Code, close: int | None = None) -> None:
+        """Close with ``code`` (its close code, or ``close``, and the code string as reason).
+        First close wins."""
         if self.close_code is not None:
             return
         self.close_code = code
@@ -135,7 +136,7 @@ class Connection:
             self._writer.cancel()
             self._pending.clear()
             self._chars = 0
-        self._closing = asyncio.get_running_loop().create_task(self._send_close(code))
+        self._closing = asyncio.get_running_loop().create_task(self._send_close(code, close))
 
     def reschedule(self) -> None:
         """Arm the one timer of this connection at the session's next deadline (a no-op when the
@@ -170,13 +171,13 @@ class Connection:
         finally:
             self._writer = None
 
-    async def _send_close(self, code: Code) -> None:
+    async def _send_close(self, code: Code, close: int | None = None) -> None:
         writer = self._writer
         if writer is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(writer, FLUSH_TIMEOUT)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.socket.close(spec(code).close, code.value), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self.socket.close(close or spec(code).close, code.value), CLOSE_TIMEOUT)
 
     async def finish(self) -> None:
         """Stop the timer and the writer once the socket is gone."""

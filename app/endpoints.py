@@ -19,11 +19,11 @@ from app.connections import Connection
 from app.errors import Code, handshake_close_code, spec
 from app.handshake import UNAVAILABLE_RETRY_AFTER, Admission, HandshakeRefused, HandshakeRequest
 from app.messages import AuthRefresh, MessageError, Ping, Pong, encode, error, parse_client
-from app.roles import Endpoint
+from app.roles import Endpoint, may_connect
 from app.runtime import Runtime
 from app.security_log import SecurityEvent
 from app.session import Session
-from app.tokens import TokenError
+from app.tokens import Principal, TokenError
 
 router = APIRouter()
 
@@ -54,10 +54,12 @@ class Handshake:
             subprotocols=scope.get("subprotocols", []),
         )
         admission = await runtime.gatekeeper.admit(request)
+        websocket.state.admission = admission
         try:
             yield admission
         finally:
-            await runtime.gatekeeper.release(admission)
+            # An unverified session upgraded by a refresh holds the slot of its new identity.
+            await runtime.gatekeeper.release(websocket.state.admission)
 
 
 async def refuse(connection: HTTPConnection, exc: Exception) -> Response | None:
@@ -73,6 +75,8 @@ async def refuse(connection: HTTPConnection, exc: Exception) -> Response | None:
         await websocket.accept(subprotocol=exc.subprotocol)
         await websocket.close(code=handshake_close_code(exc.code), reason=exc.code.value)
         return None
+    if exc.principal is not None:
+        connection.state.admin_principal = exc.principal  # the actor, for the audit trail
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     return JSONResponse(
         {"error": exc.code.value, "message": entry.message}, status_code=entry.status, headers=headers
@@ -102,6 +106,7 @@ async def _serve(websocket: WebSocket, admission: Admission) -> None:
     runtime.log.info(
         "ws.connected", endpoint=admission.endpoint.path, conn_id=admission.conn_id,
         sub=admission.principal.sub, client_ip=admission.client_ip, transport=admission.transport,
+        auth="unverified" if admission.would_refuse is not None else "verified",
     )
     try:
         conn.start()
@@ -171,9 +176,47 @@ async def _refresh(runtime: Runtime, conn: Connection, message: AuthRefresh) -> 
         runtime.security_log.record(_refresh_event(conn, Code.TOKEN_REVOKED, None))
         conn.apply(conn.session.refresh_failed(Code.TOKEN_REVOKED, message.id))
         return
+    if conn.session.unverified:
+        await _upgrade(runtime, conn, principal, message)
+        return
     actions = conn.session.refreshed(principal, message.id)
     metrics.REFRESHES.labels("ok" if conn.session.principal is principal else "refused").inc()
     conn.apply(actions)
+
+
+async def _upgrade(runtime: Runtime, conn: Connection, principal: Principal, message: AuthRefresh) -> None:
+    """Report-only: turn an unverified session into a verified one, on the same socket. The
+    connection leaves the hub as its unverified identity (an agent goes offline under it, a
+    dashboard's subscriptions end: its tenant may change) and comes back as the token's."""
+    session = conn.session
+    old = session.admission
+    if not may_connect(principal.roles, old.endpoint):
+        metrics.REFRESHES.labels(Code.ROLE_FORBIDDEN.value).inc()
+        runtime.security_log.record(_refresh_event(conn, Code.ROLE_FORBIDDEN, None))
+        conn.apply(session.refresh_failed(Code.ROLE_FORBIDDEN, message.id))
+        return
+    try:
+        admission = await runtime.gatekeeper.upgrade(old, principal)
+    except HandshakeRefused as refused:  # logged; the session goes on unverified
+        metrics.REFRESHES.labels(refused.code.value).inc()
+        conn.send(error(refused.code, f"refresh refused: {refused.code.value}", message.id))
+        return
+    runtime.registry.remove(conn)
+    try:
+        await runtime.hub.disconnected(conn)
+    except Exception:
+        runtime.log.exception("hub.disconnect_failed", conn_id=old.conn_id)
+    await runtime.gatekeeper.release(old)
+    assert isinstance(conn.socket, WebSocket)
+    conn.socket.state.admission = admission
+    conn.apply(session.upgraded(admission, message.id))
+    runtime.registry.add(conn)
+    await runtime.hub.connected(conn)
+    metrics.REFRESHES.labels("ok").inc()
+    runtime.log.info(
+        "ws.auth_upgraded", conn_id=old.conn_id, sub=principal.sub, tenant=principal.tenant,
+        was=old.would_refuse.value if old.would_refuse else None, client_ip=old.client_ip,
+    )
 
 
 def _refresh_event(conn: Connection, code: Code, exc: TokenError | None) -> SecurityEvent:

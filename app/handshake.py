@@ -4,6 +4,9 @@ Checks run cheapest first, and nothing that costs a signature check runs before 
 configured and operators' bans, Origin, the engine's per-IP ban and rate window, the token (found,
 parsed, verified), revocation, role, and last, in one engine step, the per-user rate window and a
 connection slot. The endpoint module turns the outcome into socket I/O.
+
+On an endpoint in report-only mode (:mod:`app.report_only`), a token or role refusal admits the
+connection unverified instead, and is reported as ``ws.auth_would_refuse``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from app import metrics
@@ -22,6 +25,7 @@ from app.engine import Admitted, ConnectionInfo, Engine, EngineUnavailable, Refu
 from app.errors import Code
 from app.flood import FloodGate
 from app.netaddr import NetworkSet, client_ip, limit_key
+from app.report_only import ReportOnly, unverified_principal
 from app.revocations import RevocationList
 from app.roles import Endpoint, is_admin, may_connect
 from app.security_log import SecurityEvent, SecurityLog
@@ -33,7 +37,7 @@ UNAVAILABLE_RETRY_AFTER = 5
 _QUERY_TOKEN = re.compile(rb"(?:^|&)token=([^&]*)")
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 
-Transport = Literal["header", "subprotocol", "query"]
+Transport = Literal["header", "subprotocol", "query", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class Admission:
     user_agent: str | None
     origin: str | None
     connected_at: float = field(default_factory=time.time)
+    # Admitted unverified (report-only): the code the handshake would have been refused with.
+    would_refuse: Code | None = None
 
 
 @dataclass(slots=True)
@@ -76,10 +82,22 @@ class HandshakeRefused(Exception):
     retry_after: int = 0
     http_only: bool = False
     subprotocol: str | None = None
+    # The verified identity when the token was good but refused (revoked, roles): the actor of
+    # a refused admin request in the audit trail.
+    principal: Principal | None = None
 
 
 class TokenSearchError(Exception):
     pass
+
+
+class _Unverified(Exception):
+    """A relaxed refusal (report-only): the connection is to be admitted unverified."""
+
+    def __init__(self, error: TokenError, transport: Transport) -> None:
+        super().__init__(error.code.value)
+        self.error = error
+        self.transport = transport
 
 
 def find_token(
@@ -143,6 +161,7 @@ class Gatekeeper:
         # Address refusals (bans, per-IP rate) of one address are recorded once per window.
         self.floods = FloodGate()
         self._origins = frozenset(settings.allowed_origins)
+        self.report_only = ReportOnly(settings.auth_report_only, settings.report_only_until_ts)
         # Set while the worker shuts down: new handshakes go elsewhere.
         self.draining = False
 
@@ -181,6 +200,26 @@ class Gatekeeper:
         metrics.HANDSHAKES.labels(request.endpoint.value, "accepted").inc()
         return admission
 
+    async def upgrade(self, admission: Admission, principal: Principal) -> Admission:
+        """An unverified connection (report-only) presented a good token (verified, not revoked,
+        roles allowing its endpoint): take a connection slot for that identity, under the same
+        connection id, and return the verified admission. The caller releases the old slot.
+        Raises HandshakeRefused (``connection_limit``, ``rate_limited``, ``unavailable``), logged
+        as a ``ws.refresh_failed`` event."""
+        headers = {k: v for k, v in (("user-agent", admission.user_agent),
+                                     ("origin", admission.origin)) if v is not None}
+        request = HandshakeRequest(
+            endpoint=admission.endpoint, path=admission.endpoint.path, peer=admission.client_ip,
+            headers=headers, forwarded_for=(), raw_query=b"", subprotocols=(),
+        )
+        refuse = _Refuser(self._log, request, admission.client_ip, event="ws.refresh_failed")
+        refuse.principal = principal
+        upgraded = await self._take_slot(
+            refuse, request, admission.client_ip, admission.subprotocol, admission.conn_id,
+            principal, admission.transport,
+        )
+        return replace(upgraded, connected_at=admission.connected_at)
+
     async def release(self, admission: Admission) -> None:
         await self._engine.release(
             admission.principal.sub, admission.conn_id, tenant=admission.principal.tenant or ""
@@ -198,14 +237,44 @@ class Gatekeeper:
         if self._origins and (origin is None or origin.rstrip("/").lower() not in self._origins):
             raise refuse(Code.ORIGIN_FORBIDDEN)
         await self._check_address(refuse, ip)
-        principal, transport = await self._authenticate(
-            refuse, request, subprotocols=request.subprotocols,
-            raw_query=request.raw_query if settings.allow_query_token else b"",
-        )
-        if not may_connect(principal.roles, request.endpoint):
-            raise refuse(Code.ROLE_FORBIDDEN)
-
         conn_id = uuid.uuid4().hex
+        try:
+            principal, transport = await self._authenticate(
+                refuse, request, subprotocols=request.subprotocols,
+                raw_query=request.raw_query if settings.allow_query_token else b"",
+                relax=request.endpoint,
+            )
+            if not may_connect(principal.roles, request.endpoint):
+                if self.report_only.relaxes(request.endpoint, Code.ROLE_FORBIDDEN):
+                    raise _Unverified(TokenError(
+                        Code.ROLE_FORBIDDEN, "the roles do not allow this endpoint", principal.sub,
+                        principal.jti, principal.fingerprint,
+                    ), transport)
+                raise refuse(Code.ROLE_FORBIDDEN)
+        except _Unverified as unverified:
+            until = self.report_only.until
+            assert until is not None
+            principal = unverified_principal(
+                request.endpoint, conn_id, until, unverified.error.fingerprint
+            )
+            admission = await self._take_slot(
+                refuse, request, ip, subprotocol, conn_id, principal, unverified.transport,
+                would_refuse=unverified.error.code,
+            )
+            refuse.report(unverified.error)
+            metrics.AUTH_WOULD_REFUSE.labels(request.endpoint.value, unverified.error.code.value).inc()
+            return admission
+        return await self._take_slot(refuse, request, ip, subprotocol, conn_id, principal, transport)
+
+    async def _take_slot(
+        self, refuse: _Refuser, request: HandshakeRequest, ip: str, subprotocol: str | None,
+        conn_id: str, principal: Principal, transport: Transport, *, would_refuse: Code | None = None,
+    ) -> Admission:
+        """The per-user rate window and a connection slot, in one engine step. An unverified
+        principal is a user of its own (its ``sub`` is unique), so only the per-IP limits,
+        checked before, bind it."""
+        assert request.endpoint is not None
+        settings = self._settings
         tenant = principal.tenant or ""
         info = ConnectionInfo(
             conn_id=conn_id, sub=principal.sub, endpoint=request.endpoint.value, client_ip=ip,
@@ -233,8 +302,9 @@ class Gatekeeper:
             transport=transport,
             subprotocol=subprotocol,
             user_agent=request.headers.get("user-agent"),
-            origin=origin,
+            origin=request.headers.get("origin"),
             connected_at=info.connected_at,
+            would_refuse=would_refuse,
         )
 
     async def _check_address(self, refuse: _Refuser, ip: str) -> None:
@@ -249,21 +319,29 @@ class Gatekeeper:
 
     async def _authenticate(
         self, refuse: _Refuser, request: HandshakeRequest, *, subprotocols: Sequence[str],
-        raw_query: bytes,
+        raw_query: bytes, relax: Endpoint | None = None,
     ) -> tuple[Principal, Transport]:
         """Find, verify and check the revocation of the token. A failure to present a valid token
-        counts towards the address's automatic ban."""
+        counts towards the address's automatic ban, unless report-only mode at ``relax`` turns it
+        into an unverified admission (raises :class:`_Unverified`: a legacy fleet behind one
+        address must not get that address banned)."""
+
+        async def failed(error: TokenError, transport: Transport) -> Exception:
+            if relax is not None and self.report_only.relaxes(relax, error.code):
+                return _Unverified(error, transport)
+            return await self._auth_failure(refuse, error)
+
         try:
             found = find_token(request.headers, subprotocols, raw_query, allow_query=bool(raw_query))
         except TokenSearchError as exc:
-            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MALFORMED, str(exc))) from None
+            raise await failed(TokenError(Code.TOKEN_MALFORMED, str(exc)), "none") from None
         if found is None:
-            raise await self._auth_failure(refuse, TokenError(Code.TOKEN_MISSING, "no token"))
+            raise await failed(TokenError(Code.TOKEN_MISSING, "no token"), "none")
         token, transport = found
         try:
             principal = await self._verifier.verify(token)
         except TokenError as exc:
-            raise await self._auth_failure(refuse, exc) from None
+            raise await failed(exc, transport) from None
         refuse.principal = principal
         if self._revocations.is_revoked(principal):
             raise refuse(Code.TOKEN_REVOKED)
@@ -336,4 +414,10 @@ class _Refuser:
         recorded = self._floods.admit(event) if http_only and self._floods is not None else event
         if recorded is not None:
             self._log.record(recorded)
-        return HandshakeRefused(code, retry_after=retry_after, http_only=http_only)
+        return HandshakeRefused(code, retry_after=retry_after, http_only=http_only, principal=principal)
+
+    def report(self, error: TokenError) -> None:
+        """Record a relaxed refusal (report-only): one ``ws.auth_would_refuse`` event."""
+        self._event = "ws.auth_would_refuse"
+        self._floods = None
+        self(error.code, error=error)

@@ -19,6 +19,7 @@ from app import metrics
 from app.admin import router as admin_router
 from app.admin import validation_error
 from app.asyncapi import router as asyncapi_router
+from app.audit import AuditMiddleware
 from app.config import Settings, SettingsError, load_settings
 from app.console import router as console_router
 from app.endpoints import refuse, unavailable
@@ -70,6 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(HandshakeRefused, refuse)  # type: ignore[arg-type]
     app.add_exception_handler(EngineUnavailable, unavailable)
     app.add_exception_handler(RequestValidationError, validation_error)
+    # Outside the exception handlers: the audit trail records the final answer, refusals too.
+    app.add_middleware(AuditMiddleware)
     app.include_router(ws_router)
     app.include_router(admin_router)
     app.include_router(console_router)

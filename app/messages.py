@@ -110,6 +110,11 @@ class Welcome(_Server):
     roles: list[str]
     tenant: str | None
     expires_at: int
+    # Report-only rollout: "unverified" when admitted without a valid token for this endpoint;
+    # then ``would_refuse`` is the code the handshake would have been refused with, and
+    # ``expires_at`` the end of the report-only window.
+    auth: Literal["verified", "unverified"] = "verified"
+    would_refuse: str | None = None
 
 
 class AuthExpiring(_Server):

@@ -44,6 +44,12 @@ HANDSHAKES = Counter(
     "hub_handshakes_total", "WebSocket handshakes by endpoint and outcome code", ["endpoint", "outcome"]
 )
 AUTH_FAILURES = Counter("hub_auth_failures_total", "Refused authentications by reason", ["reason"])
+# Report-only rollout: handshakes admitted unverified, by the code they would have been refused with.
+AUTH_WOULD_REFUSE = Counter(
+    "hub_auth_would_refuse_total",
+    "Handshakes admitted unverified in report-only mode, by endpoint and the code they would get",
+    ["endpoint", "code"],
+)
 HANDSHAKE_SECONDS = Histogram(
     "hub_handshake_seconds",
     "Time to decide a handshake",
@@ -62,6 +68,12 @@ JWKS_FETCHES = Counter(
     "hub_jwks_fetches_total", "Fetches of the identity provider's key set by outcome (ok, error)",
     ["outcome"],
 )
+ADMIN_ACTIONS = Counter(
+    "hub_admin_actions_total",
+    "Admin requests that change or try to change state, by action and outcome (ok or a code)",
+    ["action", "outcome"],
+)
+ADMIN_AUDIT_FAILURES = Counter("hub_admin_audit_failures_total", "Admin audit entries not stored")
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
 HTTP_HEADS_REFUSED = Counter(
     "hub_http_heads_refused_total",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -95,6 +96,13 @@ class Runtime:
         ))
         self._drain_on_signals()
         log.info("hub.started", worker=self.worker_id, engine=self.engine.name)
+        until = self.gatekeeper.report_only.until
+        if until is not None:
+            # Loud on purpose: these endpoints admit clients without a valid token until then.
+            log.warning("hub.report_only", endpoints=self.settings.auth_report_only,
+                        until=self.settings.auth_report_only_until.isoformat()
+                        if self.settings.auth_report_only_until else None,
+                        over=time.time() >= until)
 
     async def drain(self) -> int:
         """Refuse new handshakes, close every connection with 1012 ``service_restart`` and wait

@@ -26,6 +26,8 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Close:
     code: Code
+    # The close code when it is not the code's own (an unverified session's end: always 4401).
+    close: int | None = None
 
 
 Action = Send | Close
@@ -44,12 +46,15 @@ class Session:
 
     Guarantees: ``auth.expiring`` is produced at most once per token; a token is never used past
     ``exp + leeway`` (:meth:`on_timer` closes ``token_expired``); the principal changes only to one
-    with the same ``sub`` whose roles still allow the endpoint.
+    with the same ``sub`` whose roles still allow the endpoint, except that an unverified session
+    (report-only) becomes a verified one through :meth:`upgraded`. An unverified session never
+    outlives the report-only window: :meth:`on_timer` closes it 4401 with its ``would_refuse``.
     """
 
     def __init__(self, admission: Admission, limits: Limits, now: float) -> None:
         self.admission = admission
         self.principal = admission.principal
+        self.would_refuse = admission.would_refuse
         self._limits = limits
         self._warned = False
         self._refresh_failures = 0
@@ -60,7 +65,13 @@ class Session:
     # Expiry ---------------------------------------------------------------------------------
     @property
     def expires_at(self) -> float:
+        if self.would_refuse is not None:
+            return self.principal.exp  # the deadline: no leeway, it is the hub's own clock
         return self.principal.exp + self._limits.leeway_seconds
+
+    @property
+    def unverified(self) -> bool:
+        return self.would_refuse is not None
 
     def deadline(self) -> float:
         """When :meth:`on_timer` must next run."""
@@ -79,6 +90,8 @@ class Session:
                         roles=sorted(p.roles),
                         tenant=p.tenant,
                         expires_at=int(p.exp),
+                        auth="unverified" if self.would_refuse is not None else "verified",
+                        would_refuse=self.would_refuse.value if self.would_refuse is not None else None,
                     )
                 )
             )
@@ -87,6 +100,8 @@ class Session:
 
     def on_timer(self, now: float) -> list[Action]:
         if now >= self.expires_at:
+            if self.would_refuse is not None:
+                return [Close(self.would_refuse, close=4401)]
             return [Close(Code.TOKEN_EXPIRED)]
         if not self._warned and now >= self.principal.exp - self._limits.refresh_warning_seconds:
             self._warned = True
@@ -106,6 +121,17 @@ class Session:
         self._refresh_failures = 0
         ref_id = ref if isinstance(ref, str | int) else None
         return [Send(encode(AuthRefreshed(expires_at=int(principal.exp), ref=ref_id)))]
+
+    def upgraded(self, admission: Admission, ref: object) -> list[Action]:
+        """An unverified session presented a good token (verified, not revoked, roles allowing
+        this endpoint, and a connection slot taken for it): it goes on as ``admission``."""
+        self.admission = admission
+        self.principal = admission.principal
+        self.would_refuse = None
+        self._warned = False
+        self._refresh_failures = 0
+        ref_id = ref if isinstance(ref, str | int) else None
+        return [Send(encode(AuthRefreshed(expires_at=int(self.principal.exp), ref=ref_id)))]
 
     def refresh_failed(self, failure: TokenError | Code, ref: object) -> list[Action]:
         """A refresh token was refused: an error, and the old token goes on, up to 3 times."""

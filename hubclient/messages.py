@@ -36,6 +36,10 @@ class Welcome:
     tenant: str | None
     expires_at: int
     type: Literal["welcome"] = "welcome"
+    # Report-only rollout: "unverified" when the hub admitted this client without a valid token;
+    # then ``would_refuse`` is the code it will be refused with once the window ends.
+    auth: str = "verified"
+    would_refuse: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +200,8 @@ def parse_server(raw: str | bytes) -> ServerMessage:
             roles=_str_list(data, "roles"),
             tenant=tenant,
             expires_at=_int(data, "expires_at"),
+            auth=data["auth"] if isinstance(data.get("auth"), str) else "verified",
+            would_refuse=data["would_refuse"] if isinstance(data.get("would_refuse"), str) else None,
         )
     if kind == "auth.expiring":
         return AuthExpiring(expires_at=_int(data, "expires_at"), seconds_left=_int(data, "seconds_left"))

@@ -85,7 +85,7 @@ def test_every_admin_operation_is_described(server: HubProcess) -> None:
         ("GET", "/admin/connections"), ("POST", "/admin/users/{sub}/disconnect"),
         ("GET", "/admin/bans"), ("POST", "/admin/bans"), ("DELETE", "/admin/bans/{ban_id}"),
         ("GET", "/admin/revocations"), ("POST", "/admin/revocations"),
-        ("GET", "/admin/security-events"),
+        ("GET", "/admin/security-events"), ("GET", "/admin/audit"),
     }
     schemes = document["components"]["securitySchemes"]
     assert any(s.get("scheme") == "bearer" for s in schemes.values())

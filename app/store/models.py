@@ -54,6 +54,11 @@ LIMITS: dict[str, int] = {
     "reason": 512,
     "created_by": 256,
     "tenant": 256,
+    # The admin audit trail (admin_audit).
+    "actor": 256,
+    "action": 16,
+    "target": 512,
+    "outcome": 32,
 }
 
 
@@ -153,5 +158,25 @@ class RevocationRow(Base):
     tenant: Mapped[str | None] = mapped_column(_str("tenant"))
 
 
+class AdminAuditRow(Base):
+    """One admin request that changed or tried to change state (:class:`app.audit.AuditEntry`).
+
+    ``actor``/``tenant``: the admin's verified ``sub`` and tenant (NULL when the request was
+    refused before its token was verified); ``outcome``: ``ok`` or the refusal code.
+    """
+
+    __tablename__ = "admin_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    actor: Mapped[str | None] = mapped_column(_str("actor"), index=True)
+    tenant: Mapped[str | None] = mapped_column(_str("tenant"), index=True)
+    action: Mapped[str] = mapped_column(_str("action"), nullable=False, index=True)
+    target: Mapped[str | None] = mapped_column(_str("target"))
+    outcome: Mapped[str] = mapped_column(_str("outcome"), nullable=False)
+    client_ip: Mapped[str] = mapped_column(_str("client_ip"), nullable=False)
+
+
 # Serves both "since/until" ranges on ``at`` and the (at, id) keyset that pages newest first.
 Index("ix_security_events_at", SecurityEventRow.at, SecurityEventRow.id)
+Index("ix_admin_audit_at", AdminAuditRow.at, AdminAuditRow.id)

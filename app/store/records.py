@@ -100,9 +100,30 @@ class EventCursor:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One stored admin action or attempt (see :mod:`app.audit`). ``actor`` and ``tenant`` are
+    None when the request was refused before its token was verified."""
+
+    id: int
+    at: datetime
+    actor: str | None
+    tenant: str | None
+    action: str
+    target: str | None
+    outcome: str
+    client_ip: str
+
+    @property
+    def cursor(self) -> EventCursor:
+        """Pass as ``before=`` to :func:`app.store.audit.query_audit` for the next page."""
+        return EventCursor(at=self.at, id=self.id)
+
+
+@dataclass(frozen=True, slots=True)
 class PruneResult:
     """How many rows one retention pass deleted."""
 
     events: int
     bans: int
     revocations: int
+    audit: int = 0

@@ -18,7 +18,7 @@ from app.store.migrate import SCRIPT_LOCATION, downgrade, head_revision, upgrade
 from app.store.models import Base
 from tests.store.conftest import migrate
 
-TABLES = {"security_events", "ip_bans", "revocations"}
+TABLES = {"security_events", "ip_bans", "revocations", "admin_audit"}
 INDEXES = {
     "security_events": {
         "ix_security_events_at",
@@ -28,6 +28,8 @@ INDEXES = {
     },
     "ip_bans": {"ix_ip_bans_expires_at"},
     "revocations": {"ix_revocations_sub", "ix_revocations_expires_at"},
+    "admin_audit": {"ix_admin_audit_at", "ix_admin_audit_actor", "ix_admin_audit_tenant",
+                    "ix_admin_audit_action"},
 }
 
 
@@ -77,6 +79,20 @@ async def test_upgrade_from_empty_to_head_then_down_to_base(database_url: str) -
     # And up again: the downgrade left nothing behind that would get in the way.
     await migrate(database_url)
     assert (await _inspect(database_url))["tables"] >= TABLES
+
+
+async def test_the_audit_migration_goes_up_and_down_alone(database_url: str) -> None:
+    """0014 adds admin_audit to a database at 0013 and takes it away again, leaving the rest."""
+    await migrate(database_url, "0013_tenant_and_count")
+    assert "admin_audit" not in (await _inspect(database_url))["tables"]
+    await migrate(database_url, "0014_admin_audit")
+    up = await _inspect(database_url)
+    assert "admin_audit" in up["tables"] and up["version"] == ["0014_admin_audit"]
+    assert INDEXES["admin_audit"] <= up["indexes"]["admin_audit"]
+    await asyncio.to_thread(downgrade, database_url, "0013_tenant_and_count")
+    down = await _inspect(database_url)
+    assert "admin_audit" not in down["tables"] and down["version"] == ["0013_tenant_and_count"]
+    assert {"security_events", "ip_bans", "revocations"} <= down["tables"]
 
 
 async def test_upgrade_is_idempotent(database_url: str) -> None:

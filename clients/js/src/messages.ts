@@ -61,6 +61,8 @@ export interface WelcomeMessage {
   readonly roles: string[];
   readonly tenant: string | null;
   readonly expires_at: number;
+  readonly auth: "verified" | "unverified";
+  readonly would_refuse: string | null;
 }
 
 /** auth.expiring (server to client) */
