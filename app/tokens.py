@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -27,13 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk, jws
 from jose.backends.base import Key
 
+from app.claims import MAX_CLAIM_CHARS as _MAX_CLAIM_CHARS
+from app.claims import MISSING, ClaimMapping, claim_at, is_name
 from app.config import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, SUPPORTED_ALGORITHMS, Settings
 from app.errors import Code
 
 _B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
-_MAX_CLAIM_CHARS = 256
-_MAX_ROLES = 64
-_MAX_ROLE_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,60 +174,6 @@ def _public_key(pem: bytes, alg: str) -> Key:
         raise ValueError(f"{name}: not a public key usable with {alg}") from exc
 
 
-_MISSING: Any = object()
-
-
-def _at(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at a dotted claim path (``realm_access.roles``), or ``_MISSING``. A top-level
-    claim whose name is the whole path wins: namespaced claims are URLs with dots in them
-    (``https://hub.example.com/roles``)."""
-    whole = ".".join(path)
-    if len(path) > 1 and whole in claims:
-        return claims[whole]
-    value: Any = claims
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def _is_name(value: object) -> TypeGuard[str]:
-    """A ``sub`` or ``tenant``: printable Unicode text (no control characters, no lone
-    surrogates) of 1 to 256 characters."""
-    return isinstance(value, str) and 0 < len(value) <= _MAX_CLAIM_CHARS and value.isprintable()
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimMapping:
-    """Where a provider's tokens keep the roles and the tenant, and how its role names map to
-    the hub's (``HUB_JWT_ROLES_CLAIM``, ``HUB_JWT_ROLE_MAP``, ``HUB_JWT_TENANT_CLAIM``)."""
-
-    roles: tuple[str, ...] = ("roles",)
-    role_map: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    tenant: tuple[str, ...] = ("tenant",)
-
-    def roles_of(self, claims: Mapping[str, Any]) -> frozenset[str] | None:
-        """The hub roles a token grants, or None when the claim is missing or of a wrong type.
-
-        The hub's own ``roles`` claim must be a list (or a single-string ``role``); a configured
-        path may also hold a space-separated string, as ``scope`` does. With a role map, values
-        it does not name grant nothing (providers put many unrelated scopes and groups there).
-        """
-        value = _at(claims, self.roles)
-        if value is _MISSING and self.roles == ("roles",):
-            role = claims.get("role")
-            value = [role] if isinstance(role, str) else _MISSING
-        if isinstance(value, str) and self.roles != ("roles",):
-            value = value.split()
-        if not (isinstance(value, list) and len(value) <= _MAX_ROLES
-                and all(isinstance(r, str) and len(r) <= _MAX_ROLE_CHARS for r in value)):
-            return None
-        if not self.role_map:
-            return frozenset(value)
-        return frozenset().union(*(self.role_map.get(item, ()) for item in value))
-
-
 KeyLookup = Callable[[str, str], Awaitable[Key | None]]
 """``(kid, alg) -> key``: a key set by identifier (JWKS), or None when it has no such key."""
 
@@ -329,7 +274,7 @@ class TokenVerifier:
         claims = parsed.claims
         bad = parsed.error
         sub = claims.get("sub")
-        if not _is_name(sub):
+        if not is_name(sub):
             raise bad(Code.CLAIMS_INVALID, "sub missing, or not printable text of at most 256 characters")
         for name in ("exp", "nbf", "iat"):
             if name in claims and not _is_number(claims[name]):
@@ -339,10 +284,10 @@ class TokenVerifier:
         roles = self.claims.roles_of(claims)
         if roles is None:
             raise bad(Code.CLAIMS_INVALID, "roles missing or not a list of strings")
-        tenant = _at(claims, self.claims.tenant)
-        if tenant is _MISSING or tenant is None:
+        tenant = claim_at(claims, self.claims.tenant)
+        if tenant is MISSING or tenant is None:
             tenant = None
-        elif not _is_name(tenant):
+        elif not is_name(tenant):
             raise bad(Code.CLAIMS_INVALID, "tenant is not printable text of 1 to 256 characters")
         jti = claims.get("jti")
         if jti is not None and (not isinstance(jti, str) or len(jti) > _MAX_CLAIM_CHARS):
