@@ -75,7 +75,7 @@ async def test_workers_share_one_sequence_and_a_lost_history_gets_a_new_epoch(
     held = (await w2.read_history("", {"ag": 14}, policy=POLICY))["ag"]
     assert [s for s, _ in held.events] == [16, 17, 18, 19, 20]
     # Redis lost the history (a flush, an eviction, a restart without persistence).
-    await w1._client.delete(*w1.history_keys("", "ag"))  # noqa: SLF001
+    await w1._client.delete(*w1.history_keys("", "ag"))
     epoch, seq = await w2.append_event("", "ag", "again", policy=POLICY)
     assert seq == 1 and epoch not in epochs
 
@@ -86,6 +86,6 @@ async def test_history_keys_are_in_one_slot_and_expire(any_redis_factory: RedisF
     meta, stream = engine.history_keys("t{1}", "a}{:*")
     assert meta.split("{h:")[1].split("}")[0] == stream.split("{h:")[1].split("}")[0]
     await engine.append_event("t{1}", "a}{:*", "1", policy=HistoryPolicy(size=3, seconds=60))
-    client = engine._client  # noqa: SLF001
+    client = engine._client
     assert 0 < int(await client.ttl(stream)) <= 60
     assert int(await client.ttl(meta)) > 60
