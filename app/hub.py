@@ -10,8 +10,8 @@ not only at the handshake.
 
 Events are numbered and kept in the agent's history by the engine before they are published, so a
 dashboard that names where it left off (``subscribe`` with ``since``) gets what it missed, then
-the live events, each ``seq`` once and in order (see :mod:`app.recovery`). A live event is encoded
-once per worker, whatever the number of dashboards watching it.
+the live events, each ``seq`` once and in order (see :mod:`app.event_relay` and
+:mod:`app.recovery`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
-from app.engine import EngineUnavailable, History, HistoryPolicy
+from app.engine import EngineUnavailable, HistoryPolicy
 from app.errors import Code
+from app.event_relay import HEAD, NO_HISTORY, Cursors, EventRelay
 from app.logs import get_logger
 from app.messages import (
     AgentStatus,
@@ -34,7 +35,6 @@ from app.messages import (
     CommandAccepted,
     CommandDelivery,
     Event,
-    EventDelivery,
     Presence,
     PresenceSnapshot,
     Result,
@@ -49,7 +49,7 @@ from app.roles import Endpoint, may_command
 from app.security_log import SecurityEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     from app.connections import Connection
     from app.engine import Engine
@@ -64,9 +64,6 @@ ALL = "*"
 # subscription of 1000 agents is 10 messages, far below any send queue bound.
 SINGLE_PRESENCE_MAX = 16
 SNAPSHOT_BATCH = 100
-NO_HISTORY = History("", 0)
-# A seq past any real one: reading after it returns only the epoch and the last seq.
-HEAD = 2**62
 
 
 @dataclass(slots=True)
@@ -137,7 +134,7 @@ class Hub:
         self._security_log = security_log
         self._lease = lease_seconds
         self._command_ttl = command_ttl_seconds
-        self._history = history
+        self._events = EventRelay(engine, history)
         # (tenant, agent id or "*") -> local dashboard connections watching it
         self._watchers: dict[tuple[str, str], set[str]] = {}
         # tenant -> agents announced online to this worker's dashboards (watched tenants only)
@@ -183,21 +180,12 @@ class Hub:
             elif isinstance(state, _Agent) and isinstance(message, Result):
                 await self._result(conn, state, message)
             elif isinstance(state, _Agent) and isinstance(message, Event):
-                await self._event(conn, state, message)
+                await self._events.publish(state.tenant, conn.sub, message.payload)
             else:
                 self._forbid(conn, message, f"{message.type} is not for this endpoint")
         except EngineUnavailable:
             metrics.ENGINE_ERRORS.labels("route").inc()
             conn.send(error(Code.UNAVAILABLE, "routing is unavailable; retry", message.id))
-
-    async def _event(self, conn: Connection, state: _Agent, message: Event) -> None:
-        payload = json.dumps(message.payload, separators=(",", ":"))
-        # Kept (and numbered) before it is published: a dashboard that misses the publication
-        # finds the event in the history.
-        epoch, seq = await self._engine.append_event(
-            state.tenant, conn.sub, payload, policy=self._history)
-        await self._engine.publish_agent(state.tenant, conn.sub, json.dumps(
-            {"k": "event", "t": state.tenant, "a": conn.sub, "e": epoch, "s": seq, "p": message.payload}))
 
     async def _subscribe(self, conn: Connection, state: _Dashboard, message: Subscribe) -> None:
         wanted = frozenset({ALL}) if message.agents == ALL else frozenset(message.agents)
@@ -213,53 +201,29 @@ class Hub:
             state.cursors[agent_id] = Cursor.catching_up(
                 point.epoch if point else None, point.seq if point else 0)
         await self._set_watching(conn, state, wanted)
-        histories: dict[str, History] = {}
         try:
-            if after:
-                histories = await self._engine.read_history(state.tenant, after, policy=self._history)
+            histories = await self._events.read(state.tenant, after)
             online = await self._engine.online_agents(state.tenant)
         except EngineUnavailable:
             # No answer to the subscribe, but nothing held back stays stuck: the live events.
             metrics.ENGINE_ERRORS.labels("history").inc()
-            for agent_id in after:
-                cursor = state.cursors.get(agent_id)
-                for text in cursor.give_up() if cursor is not None else []:
-                    conn.send(text)
+            for text in self._events.give_up(state.cursors, after):
+                conn.send(text)
             raise
         recovered = {a: is_recovered(c.epoch, c.seq, histories.get(a, NO_HISTORY))
                      for a, c in since.items()}
-        replay = self._replay(state, after, histories)
+        replay = self._events.finish(state.cursors, after, histories)
         conn.send(encode(Subscribed(agents=sorted(wanted), ref=message.id, recovered=recovered)))
         shown = sorted(online) if ALL in wanted else sorted(wanted)
         for text in presence_messages(shown, online):
             conn.send(text)
         for text in replay:
             conn.send(text)
-        for agent_id in after:
-            cursor = state.cursors.get(agent_id)
-            if cursor is not None and cursor.held is not None:
-                await self._fill_gap(conn, state.tenant, agent_id, cursor)
+        await self._events.complete(conn, state.cursors, state.tenant, after)
         complete = sum(recovered.values())
         if since:
             metrics.RECOVERIES.labels("recovered").inc(complete)
             metrics.RECOVERIES.labels("incomplete").inc(len(recovered) - complete)
-
-    def _replay(self, state: _Dashboard, agents: Iterable[str], histories: dict[str, History]) -> list[str]:
-        """End the catch-ups of ``agents``: the replayed and held-back events to send, in order."""
-        texts: list[str] = []
-        for agent_id in agents:
-            cursor = state.cursors.get(agent_id)
-            if cursor is not None and cursor.held is not None:
-                texts += cursor.finish(histories.get(agent_id, NO_HISTORY), self._renderer(agent_id),
-                                       final=False)
-        return texts
-
-    @staticmethod
-    def _renderer(agent_id: str) -> Callable[[str, int, str], str]:
-        def render(epoch: str, seq: int, payload: str) -> str:
-            return encode(EventDelivery(agent_id=agent_id, seq=seq, epoch=epoch,
-                                        payload=json.loads(payload)))
-        return render
 
     async def _set_watching(self, conn: Connection, state: _Dashboard, wanted: frozenset[str]) -> None:
         for agent_id in state.watching - wanted:
@@ -353,7 +317,7 @@ class Hub:
                 self._deliver_to(envelope["c"], error(Code(envelope["code"]), envelope["m"],
                                                       envelope.get("ref")))
             elif kind == "event":
-                await self._deliver_event(envelope)
+                await self._events.deliver(envelope, self._dashboards(envelope["t"], envelope["a"]))
             elif kind == "presence":
                 known = self._known.get(envelope["t"])
                 if known is not None:
@@ -379,46 +343,14 @@ class Hub:
         conn.send(encode(CommandDelivery(command_id=envelope["id"], from_=envelope["from"],
                                          payload=envelope["p"])))
 
-    async def _deliver_event(self, envelope: dict[str, Any]) -> None:
-        tenant, agent_id, epoch, seq = envelope["t"], envelope["a"], str(envelope["e"]), int(envelope["s"])
-        # Encoded once for every dashboard of this worker.
-        text = encode(EventDelivery(agent_id=agent_id, seq=seq, epoch=epoch, payload=envelope["p"]))
-        gaps: list[tuple[Connection, Cursor]] = []
+    def _dashboards(self, tenant: str, agent_id: str) -> list[tuple[Connection, Cursors]]:
+        found = []
         for conn_id in self._targets(tenant, agent_id):
             conn = self._lookup(conn_id)
             state = conn.attributes.get("hub") if conn is not None else None
-            if conn is None or not isinstance(state, _Dashboard):
-                continue
-            cursor = state.cursors.setdefault(agent_id, Cursor())
-            texts = cursor.offer(epoch, seq, text)
-            if texts is None:
-                gaps.append((conn, cursor))
-            else:
-                for item in texts:
-                    conn.send(item)
-        for conn, cursor in gaps:
-            await self._fill_gap(conn, tenant, agent_id, cursor)
-
-    async def _fill_gap(self, conn: Connection, tenant: str, agent_id: str, cursor: Cursor) -> None:
-        """Events came before their predecessors: send those from the history first. Read once
-        more when live ones overtook the first read; past that a gap is given up."""
-        metrics.RECOVERIES.labels("gap").inc()
-        for final in (False, True):
-            try:
-                found = await self._engine.read_history(
-                    tenant, {agent_id: cursor.last}, policy=self._history)
-                texts = cursor.finish(found.get(agent_id, NO_HISTORY), self._renderer(agent_id),
-                                      final=final)
-            except EngineUnavailable:
-                metrics.ENGINE_ERRORS.labels("history").inc()
-                texts = cursor.give_up()
-            state = conn.attributes.get("hub")
-            if isinstance(state, _Dashboard) and state.cursors.get(agent_id) is cursor:
-                # (A cursor replaced by a new subscribe meanwhile sends nothing.)
-                for text in texts:
-                    conn.send(text)
-            if cursor.held is None:
-                return
+            if conn is not None and isinstance(state, _Dashboard):
+                found.append((conn, state.cursors))
+        return found
 
     def _deliver_to(self, conn_id: str, text: str) -> None:
         conn = self._lookup(conn_id)
