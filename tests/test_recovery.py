@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -126,6 +127,10 @@ async def test_a_trimmed_history_is_not_recovered_but_what_is_held_is_replayed(
     assert (await _subscribe(again, ["ag-t"], **{"ag-t": {"epoch": epoch, "seq": 8}}))[
         "recovered"] == {"ag-t": True}
     await again.quiet("event")
+    # Operators see recoveries by outcome (one incomplete, one complete here).
+    metrics = httpx.get(f"{a.http}/metrics").text + httpx.get(f"{b.http}/metrics").text
+    assert 'hub_event_recoveries_total{outcome="incomplete"} 1.0' in metrics
+    assert 'hub_event_recoveries_total{outcome="recovered"} 1.0' in metrics
     for peer in (agent, witness, back, again):
         await peer.close()
 

@@ -8,8 +8,10 @@ import asyncio
 import pytest
 
 from app.engine.base import Engine, History, HistoryPolicy
+from app.engine.memory import MemoryEngine
+from app.engine.memory_history import META_TTL_SECONDS
 
-from .conftest import Advance, RedisFactory
+from .conftest import Advance, ManualClock, RedisFactory
 
 POLICY = HistoryPolicy(size=5, seconds=300)
 
@@ -89,3 +91,18 @@ async def test_history_keys_are_in_one_slot_and_expire(any_redis_factory: RedisF
     client = engine._client
     assert 0 < int(await client.ttl(stream)) <= 60
     assert int(await client.ttl(meta)) > 60
+
+
+async def test_an_idle_agents_numbering_is_forgotten_in_memory_after_a_day() -> None:
+    clock = ManualClock()
+    engine = MemoryEngine(worker_id="w1", clock=clock)
+    epoch, _ = await engine.append_event("", "ag", "1", policy=POLICY)
+    clock.advance(META_TTL_SECONDS - 1)
+    engine.sweep()
+    assert (await engine.read_history("", {"ag": 0}, policy=POLICY))["ag"].epoch == epoch
+    clock.advance(2)
+    engine.sweep()
+    # Bounded memory: gone, and a new numbering starts (recoveries then say false, the truth).
+    assert (await engine.read_history("", {"ag": 0}, policy=POLICY))["ag"] == History("", 0)
+    again, seq = await engine.append_event("", "ag", "2", policy=POLICY)
+    assert seq == 1 and again != epoch
