@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     ping_interval_seconds: float = Field(default=20.0, gt=0)
     ping_timeout_seconds: float = Field(default=20.0, gt=0)
     command_ttl_seconds: int = Field(default=60, ge=1)
+    # Missed events, recovered on reconnect: per agent, at most this many, no older than this.
+    event_history_size: int = Field(default=100, ge=0, le=10_000)
+    event_history_seconds: int = Field(default=300, ge=1, le=86_400)
     revocation_ttl_seconds: int = Field(default=7 * 86400, ge=60)
     security_event_retention_days: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

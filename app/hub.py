@@ -7,6 +7,11 @@ result must go, so an agent can answer only the commands it was sent and unanswe
 expire. Events and presence are published per agent and reach only the workers that watch that
 agent (or all of its tenant's agents) for a local dashboard. Every message is authorised here,
 not only at the handshake.
+
+Events are numbered and kept in the agent's history by the engine before they are published, so a
+dashboard that names where it left off (``subscribe`` with ``since``) gets what it missed, then
+the live events, each ``seq`` once and in order (see :mod:`app.event_relay` and
+:mod:`app.recovery`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
-from app.engine import EngineUnavailable
+from app.engine import EngineUnavailable, HistoryPolicy
 from app.errors import Code
+from app.event_relay import HEAD, NO_HISTORY, Cursors, EventRelay
 from app.logs import get_logger
 from app.messages import (
     AgentStatus,
@@ -29,7 +35,6 @@ from app.messages import (
     CommandAccepted,
     CommandDelivery,
     Event,
-    EventDelivery,
     Presence,
     PresenceSnapshot,
     Result,
@@ -39,6 +44,7 @@ from app.messages import (
     encode,
     error,
 )
+from app.recovery import Cursor, is_recovered
 from app.roles import Endpoint, may_command
 from app.security_log import SecurityEvent
 
@@ -86,6 +92,8 @@ class _Agent:
 class _Dashboard:
     tenant: str
     watching: frozenset[str] = frozenset()
+    # agent_id -> where this dashboard is in that agent's events (watched agents only).
+    cursors: dict[str, Cursor] = field(default_factory=dict)
 
 
 def tenant_of(conn: Connection) -> str:
@@ -119,12 +127,14 @@ class Hub:
         *,
         lease_seconds: int,
         command_ttl_seconds: int,
+        history: HistoryPolicy,
     ) -> None:
         self._engine = engine
         self._lookup = lookup  # this worker's registry, by conn_id
         self._security_log = security_log
         self._lease = lease_seconds
         self._command_ttl = command_ttl_seconds
+        self._events = EventRelay(engine, history)
         # (tenant, agent id or "*") -> local dashboard connections watching it
         self._watchers: dict[tuple[str, str], set[str]] = {}
         # tenant -> agents announced online to this worker's dashboards (watched tenants only)
@@ -170,10 +180,7 @@ class Hub:
             elif isinstance(state, _Agent) and isinstance(message, Result):
                 await self._result(conn, state, message)
             elif isinstance(state, _Agent) and isinstance(message, Event):
-                await self._engine.publish_agent(
-                    state.tenant, conn.sub,
-                    json.dumps({"k": "event", "t": state.tenant, "a": conn.sub, "p": message.payload}),
-                )
+                await self._events.publish(state.tenant, conn.sub, message.payload)
             else:
                 self._forbid(conn, message, f"{message.type} is not for this endpoint")
         except EngineUnavailable:
@@ -182,12 +189,41 @@ class Hub:
 
     async def _subscribe(self, conn: Connection, state: _Dashboard, message: Subscribe) -> None:
         wanted = frozenset({ALL}) if message.agents == ALL else frozenset(message.agents)
+        since = {a: c for a, c in (message.since or {}).items() if ALL in wanted or a in wanted}
+        # Named agents newly watched without since start "now": the history read tells where
+        # that is, so that even events racing the subscription arrive in order.
+        after = {a: HEAD for a in wanted - state.watching - {ALL} if a not in since}
+        after.update({a: c.seq for a, c in since.items()})
+        # Live first: from here on, live events of these agents are held back until the replay
+        # is sent (the cursors de-duplicate the two by seq).
+        for agent_id in after:
+            point = since.get(agent_id)
+            state.cursors[agent_id] = Cursor.catching_up(
+                point.epoch if point else None, point.seq if point else 0)
         await self._set_watching(conn, state, wanted)
-        online = await self._engine.online_agents(state.tenant)
-        conn.send(encode(Subscribed(agents=sorted(wanted), ref=message.id)))
+        try:
+            histories = await self._events.read(state.tenant, after)
+            online = await self._engine.online_agents(state.tenant)
+        except EngineUnavailable:
+            # No answer to the subscribe, but nothing held back stays stuck: the live events.
+            metrics.ENGINE_ERRORS.labels("history").inc()
+            for text in self._events.give_up(state.cursors, after):
+                conn.send(text)
+            raise
+        recovered = {a: is_recovered(c.epoch, c.seq, histories.get(a, NO_HISTORY))
+                     for a, c in since.items()}
+        replay = self._events.finish(state.cursors, after, histories)
+        conn.send(encode(Subscribed(agents=sorted(wanted), ref=message.id, recovered=recovered)))
         shown = sorted(online) if ALL in wanted else sorted(wanted)
         for text in presence_messages(shown, online):
             conn.send(text)
+        for text in replay:
+            conn.send(text)
+        await self._events.complete(conn, state.cursors, state.tenant, after)
+        complete = sum(recovered.values())
+        if since:
+            metrics.RECOVERIES.labels("recovered").inc(complete)
+            metrics.RECOVERIES.labels("incomplete").inc(len(recovered) - complete)
 
     async def _set_watching(self, conn: Connection, state: _Dashboard, wanted: frozenset[str]) -> None:
         for agent_id in state.watching - wanted:
@@ -198,6 +234,8 @@ class Hub:
                 if not watchers:
                     del self._watchers[key]
             await self._engine.unwatch(state.tenant, agent_id)
+        for agent_id in [a for a in state.cursors if ALL not in wanted and a not in wanted]:
+            del state.cursors[agent_id]
         for agent_id in wanted - state.watching:
             self._watchers.setdefault((state.tenant, agent_id), set()).add(conn.conn_id)
             await self._engine.watch(state.tenant, agent_id)
@@ -279,8 +317,7 @@ class Hub:
                 self._deliver_to(envelope["c"], error(Code(envelope["code"]), envelope["m"],
                                                       envelope.get("ref")))
             elif kind == "event":
-                self._fan_out(envelope["t"], envelope["a"], encode(EventDelivery(
-                    agent_id=envelope["a"], payload=envelope["p"])))
+                await self._events.deliver(envelope, self._dashboards(envelope["t"], envelope["a"]))
             elif kind == "presence":
                 known = self._known.get(envelope["t"])
                 if known is not None:
@@ -306,12 +343,23 @@ class Hub:
         conn.send(encode(CommandDelivery(command_id=envelope["id"], from_=envelope["from"],
                                          payload=envelope["p"])))
 
+    def _dashboards(self, tenant: str, agent_id: str) -> list[tuple[Connection, Cursors]]:
+        found = []
+        for conn_id in self._targets(tenant, agent_id):
+            conn = self._lookup(conn_id)
+            state = conn.attributes.get("hub") if conn is not None else None
+            if conn is not None and isinstance(state, _Dashboard):
+                found.append((conn, state.cursors))
+        return found
+
     def _deliver_to(self, conn_id: str, text: str) -> None:
         conn = self._lookup(conn_id)
         if conn is not None:
             conn.send(text)
 
+    def _targets(self, tenant: str, agent_id: str) -> set[str]:
+        return self._watchers.get((tenant, agent_id), set()) | self._watchers.get((tenant, ALL), set())
+
     def _fan_out(self, tenant: str, agent_id: str, text: str) -> None:
-        targets = self._watchers.get((tenant, agent_id), set()) | self._watchers.get((tenant, ALL), set())
-        for conn_id in targets:
+        for conn_id in self._targets(tenant, agent_id):
             self._deliver_to(conn_id, text)

@@ -33,11 +33,21 @@ class AuthRefresh(_Client):
     token: Annotated[str, Field(max_length=16384)]
 
 
+class Since(BaseModel):
+    """Where a dashboard left one agent's events: the ``epoch`` and ``seq`` of the last one seen."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    epoch: Annotated[str, Field(max_length=64)]
+    seq: Annotated[int, Field(ge=0, le=2**53)]
+
+
 class Subscribe(_Client):
-    """Dashboard: receive presence and events of these agents (``"*"``: all of the tenant's)."""
+    """Dashboard: receive presence and events of these agents (``"*"``: all of the tenant's);
+    ``since``: first the events missed after these points, from the agents' histories."""
 
     type: Literal["subscribe"]
     agents: Literal["*"] | Annotated[list[Name], Field(max_length=1000)]
+    since: Annotated[dict[Name, Since], Field(max_length=1000)] | None = None
 
 
 class Command(_Client):
@@ -147,6 +157,8 @@ class Subscribed(_Server):
     type: Literal["subscribed"] = "subscribed"
     agents: list[str]
     ref: Id | None = None
+    # Per agent named in ``since``: true when every missed event is replayed after this message.
+    recovered: dict[str, bool] = Field(default_factory=dict)
 
 
 class CommandAccepted(_Server):
@@ -170,9 +182,13 @@ class ResultDelivery(_Server):
 
 
 class EventDelivery(_Server):
+    """An agent's event; ``seq`` counts that agent's events (+1 each) within ``epoch``."""
+
     type: Literal["event"] = "event"
     agent_id: str
     payload: JsonValue = None
+    seq: int
+    epoch: str
 
 
 class Presence(_Server):

@@ -63,6 +63,11 @@ ACTIVE = Gauge(
 REFRESHES = Counter("hub_refreshes_total", "In-band token refreshes by outcome", ["outcome"])
 MESSAGES = Counter("hub_messages_total", "Messages by type and direction", ["type", "direction"])
 CLOSES = Counter("hub_closes_total", "Server-initiated closes by code", ["code"])
+RECOVERIES = Counter(
+    "hub_event_recoveries_total",
+    "Event recoveries: agents recovered or not on subscribe with since, live gaps filled",
+    ["outcome"],
+)
 ENGINE_ERRORS = Counter("hub_engine_errors_total", "State engine failures by operation", ["op"])
 JWKS_FETCHES = Counter(
     "hub_jwks_fetches_total", "Fetches of the identity provider's key set by outcome (ok, error)",

@@ -14,7 +14,7 @@ from app.bans import BanList
 from app.config import Settings
 from app.connections import Registry
 from app.control import ControlService
-from app.engine import ControlEvent, Engine, EngineUnavailable, create_engine
+from app.engine import ControlEvent, Engine, EngineUnavailable, HistoryPolicy, create_engine
 from app.errors import Code
 from app.handshake import Gatekeeper
 from app.hub import Hub
@@ -68,6 +68,7 @@ class Runtime:
             self.engine, self.registry.get, self.security_log,
             lease_seconds=settings.connection_lease_seconds,
             command_ttl_seconds=settings.command_ttl_seconds,
+            history=HistoryPolicy(settings.event_history_size, settings.event_history_seconds),
         )
         self.log = get_logger("app.ws")
         self._tasks: list[asyncio.Task[None]] = []

@@ -31,6 +31,7 @@ from typing import Any
 
 from bench import ha, report
 from bench.client import Identity
+from bench.events import EventsJob, run_events
 from bench.load import redis_commands_per_handshake, run_handshakes
 from bench.memory import HoldJob, measure_idle
 from bench.relay import RelayJob, run_fanout, run_relay
@@ -60,6 +61,8 @@ class Profile:
     fanout_dashboards: int = 1000
     fanout_events: int = 20
     fanout_interval: float = 0.3
+    events_count: int = 20_000
+    events_agents: int = 4
     redis_handshakes: int = 500
     redis_idle_seconds: float = 3.0
     max_conns: int = 20_000
@@ -67,7 +70,8 @@ class Profile:
 
 SMOKE = Profile(warmup=10, closed_count=200, closed_concurrency=8, paced_seconds=1.0, idle_conns=200,
                 relay_latency_count=50, relay_count=200, relay_pairs=1, relay_window=4,
-                fanout_dashboards=50, fanout_events=5, fanout_interval=0.2, redis_handshakes=50,
+                fanout_dashboards=50, fanout_events=5, fanout_interval=0.2, events_count=400,
+                redis_handshakes=50,
                 redis_idle_seconds=1.0)
 
 
@@ -158,6 +162,18 @@ class Bench:
                 events=p.fanout_events, interval=p.fanout_interval, processes=p.processes))
 
 
+    def events(self, target: str, section: str, dashboard_url: str, agent_url: str) -> None:
+        """Events/s from a few agents to one dashboard (agent and dashboard on these hubs)."""
+        job = EventsJob(f"{agent_url}/ws/agent", f"{dashboard_url}/ws/dashboard",
+                        self.ident(f"{section}-a", "agent"), self.ident(f"{section}-d", "dashboard"),
+                        agents=self.p.events_agents, count=self.p.events_count)
+        self.section(target, section, lambda: run_events(job))
+
+
+# The event history off: what it costs is the difference between the two events rows.
+NO_HISTORY = {"HUB_EVENT_HISTORY_SIZE": "0"}
+
+
 def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str,
         only_ha: bool = False) -> str:
     results: report.Results = {}
@@ -182,7 +198,11 @@ def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str
             hub = started(hub_server("embedded", env, workdir))
             bench.common("embedded", hub)
             bench.relay("embedded", hub.url, hub.url, echo=False)
+            bench.events("embedded", "events_history", hub.url, hub.url)
             hub.stop()
+            off = started(hub_server("embedded-nohist", {**env, **NO_HISTORY}, workdir))
+            bench.events("embedded", "events_no_history", off.url, off.url)
+            off.stop()
 
         def on_redis() -> None:
             redis = RedisServer(workdir)
@@ -198,6 +218,13 @@ def run(profile: Profile, out: Path, *, max_conns: bool, command: str, mode: str
             one = started(hub_server("redis-a", pair_env, workdir, database="pair"))
             other = started(hub_server("redis-b", pair_env, workdir, database="pair"))
             bench.relay("redis", one.url, other.url, echo=False)
+            bench.events("redis", "events_history", one.url, other.url)
+            one.stop()
+            other.stop()
+            off_env = {**redis_env, **NO_HISTORY, "HUB_REDIS_PREFIX": "nohist"}
+            one = started(hub_server("redis-nohist-a", off_env, workdir, database="nohist"))
+            other = started(hub_server("redis-nohist-b", off_env, workdir, database="nohist"))
+            bench.events("redis", "events_no_history", one.url, other.url)
             one.stop()
             other.stop()
 

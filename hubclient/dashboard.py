@@ -1,6 +1,8 @@
 """The dashboard client: subscribes to agents, reads their events and presence, sends commands.
 
-The subscription is re-sent after every reconnect; ``events()`` and ``presence()`` iterate across
+The subscription is re-sent after every reconnect, with ``since``: the last ``(epoch, seq)`` seen of
+each agent, so the hub replays what was missed (each event once, in order); ``subscriptions()``
+tells whether that recovery was complete. ``events()`` and ``presence()`` iterate across
 reconnects; a command's result is matched to it even when it overtakes ``command.accepted``, and a
 command whose session closes before its result raises :class:`~hubclient.errors.ConnectionLost`.
 """
@@ -59,6 +61,9 @@ class DashboardClient(HubClient):
         self._results: dict[str, asyncio.Future[ResultDelivery]] = {}
         self._command_refs: dict[MessageId, str] = {}
         self._early: OrderedDict[str, ResultDelivery] = OrderedDict()
+        self._subscribed: Feed[Subscribed] = Feed()
+        # agent_id -> (epoch, seq) of the last event received: `since` on every resubscribe.
+        self.positions: dict[str, tuple[str, int]] = {}
 
     def events(self) -> FeedIterator[EventDelivery]:
         """Events of the subscribed agents, from now on, across reconnects."""
@@ -69,18 +74,30 @@ class DashboardClient(HubClient):
         ``subscribe``, including the automatic one after a reconnect)."""
         return self._presence.iterate()
 
-    async def subscribe(self, agents: Sequence[str] | Literal["*"], timeout: float = 10.0) -> list[str]:
+    def subscriptions(self) -> FeedIterator[Subscribed]:
+        """The hub's answer to every (re)subscribe, the automatic ones after a reconnect
+        included: ``recovered[agent]`` is False when events of that agent were lost for good
+        (history trimmed or restarted); the caller should then reload that agent's state."""
+        return self._subscribed.iterate()
+
+    async def subscribe(
+        self, agents: Sequence[str] | Literal["*"], timeout: float = 10.0,
+        since: dict[str, tuple[str, int]] | None = None,
+    ) -> list[str]:
         """Watch ``agents`` (or ``"*"``: all, including those that come online later); replaces
-        the previous subscription and is re-sent after every reconnect. Returns what the hub
-        confirmed (``["*"]`` for all)."""
+        the previous subscription and is re-sent after every reconnect, with the positions of
+        the events received (``since`` adds positions saved elsewhere, e.g. before a restart).
+        Returns what the hub confirmed (``["*"]`` for all)."""
         wanted: list[str] | Literal["*"] = "*" if agents == "*" else list(agents)
         self._subscription = wanted
+        self.positions.update(since or {})
         async with asyncio.timeout(timeout):
             await self.wait_connected()
             ws = self._require()
             ref = self._next_id("s")
-            answer = await self._request(ws, messages.subscribe(wanted, ref), ref)
+            answer = await self._request(ws, self._subscribe_frame(ref), ref)
         if isinstance(answer, Subscribed):
+            self._note_subscribed(answer)
             return answer.agents
         if isinstance(answer, Error):
             raise command_error(answer.error, answer.message)
@@ -122,11 +139,20 @@ class DashboardClient(HubClient):
     async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
         if self._subscription is not None:
             # Answered by `subscribed` (no waiter: ignored) then the presence of every agent.
-            await ws.send(messages.subscribe(self._subscription, self._next_id("s")))
+            await ws.send(self._subscribe_frame(self._next_id("s")))
+
+    def _subscribe_frame(self, ref: MessageId) -> str:
+        wanted = self._subscription or []
+        since = {a: p for a, p in self.positions.items() if wanted == "*" or a in wanted}
+        return messages.subscribe(wanted, ref, since=since)
 
     def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
         if isinstance(message, EventDelivery):
+            if message.seq is not None and message.epoch is not None:
+                self.positions[message.agent_id] = (message.epoch, message.seq)
             self._events.publish(message)
+        elif isinstance(message, Subscribed):
+            self._note_subscribed(message)
         elif isinstance(message, Presence):
             self._presence.publish(message)
         elif isinstance(message, PresenceSnapshot):
@@ -152,6 +178,12 @@ class DashboardClient(HubClient):
             else:
                 log.warning("hubclient.error", extra={"code": message.error, "ref": message.ref})
 
+    def _note_subscribed(self, message: Subscribed) -> None:
+        lost = sorted(agent for agent, ok in message.recovered.items() if not ok)
+        if lost:
+            log.warning("hubclient.recovery_incomplete", extra={"agents": lost})
+        self._subscribed.publish(message)
+
     def _on_disconnect(self, lost: ConnectionLost) -> None:
         for future in self._results.values():
             if not future.done():
@@ -160,3 +192,4 @@ class DashboardClient(HubClient):
     def _ended(self, error: BaseException | None) -> None:
         self._events.end(error)
         self._presence.end(error)
+        self._subscribed.end(error)

@@ -9,7 +9,7 @@ Unknown fields are ignored (the server may add fields); a frame of an unknown ``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
@@ -78,11 +78,13 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Subscribed:
-    """The answer to ``subscribe``: the agents now watched (``["*"]`` for all)."""
+    """The answer to ``subscribe``: the agents now watched (``["*"]`` for all); ``recovered``:
+    for each agent named in ``since``, whether every missed event follows (false: some are lost)."""
 
     agents: list[str]
     ref: MessageId | None = None
     type: Literal["subscribed"] = "subscribed"
+    recovered: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +116,14 @@ class ResultDelivery:
 
 @dataclass(frozen=True, slots=True)
 class EventDelivery:
-    """An event of a subscribed agent."""
+    """An event of a subscribed agent; ``seq`` counts that agent's events within ``epoch`` (None
+    from a hub that does not number them)."""
 
     agent_id: str
     payload: JsonValue = None
     type: Literal["event"] = "event"
+    seq: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +217,8 @@ def parse_server(raw: str | bytes) -> ServerMessage:
     if kind == "pong":
         return Pong(ref=_ref(data))
     if kind == "subscribed":
-        return Subscribed(agents=_str_list(data, "agents"), ref=_ref(data))
+        return Subscribed(agents=_str_list(data, "agents"), ref=_ref(data),
+                          recovered=_recovered(data))
     if kind == "command.accepted":
         return CommandAccepted(command_id=_str(data, "command_id"), ref=_ref(data))
     if kind == "command":
@@ -224,7 +230,10 @@ def parse_server(raw: str | bytes) -> ServerMessage:
             command_id=_str(data, "command_id"), agent_id=_str(data, "agent_id"), payload=data.get("payload")
         )
     if kind == "event":
-        return EventDelivery(agent_id=_str(data, "agent_id"), payload=data.get("payload"))
+        seq, epoch = data.get("seq"), data.get("epoch")
+        numbered = isinstance(seq, int) and not isinstance(seq, bool) and isinstance(epoch, str)
+        return EventDelivery(agent_id=_str(data, "agent_id"), payload=data.get("payload"),
+                             seq=seq if numbered else None, epoch=epoch if numbered else None)
     if kind == "presence":
         return _presence(data)
     if kind == "presence.snapshot":
@@ -235,6 +244,13 @@ def parse_server(raw: str | bytes) -> ServerMessage:
             _presence(agent) for agent in agents if isinstance(agent, dict)
         ))
     return Unknown(type=kind, data=data)
+
+
+def _recovered(data: dict[str, Any]) -> dict[str, bool]:
+    value = data.get("recovered", {})
+    if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
+        raise ProtocolError("subscribed: recovered must map agent ids to booleans")
+    return dict(value)
 
 
 def _presence(data: dict[str, JsonValue]) -> Presence:
@@ -264,8 +280,15 @@ def auth_refresh(token: str, id: MessageId | None = None) -> str:
     return _frame("auth.refresh", id, token=token)
 
 
-def subscribe(agents: list[str] | Literal["*"], id: MessageId | None = None) -> str:
-    return _frame("subscribe", id, agents="*" if agents == "*" else list(agents))
+def subscribe(
+    agents: list[str] | Literal["*"], id: MessageId | None = None,
+    since: dict[str, tuple[str, int]] | None = None,
+) -> str:
+    """``since``: agent id -> ``(epoch, seq)`` of the last event seen (missed ones are replayed)."""
+    extra: dict[str, Any] = {}
+    if since:
+        extra["since"] = {agent: {"epoch": epoch, "seq": seq} for agent, (epoch, seq) in since.items()}
+    return _frame("subscribe", id, agents="*" if agents == "*" else list(agents), **extra)
 
 
 def command(agent_id: str, payload: JsonValue, id: MessageId | None = None) -> str:

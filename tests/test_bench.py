@@ -34,7 +34,8 @@ def test_smoke_run_measures_every_row(tmp_path: Path) -> None:
     rows = {row["key"]: row for row in document["rows"]}
     assert {"handshakes_per_s", "handshake_p50_ms", "handshake_p99_ms", "rss_per_conn_kib",
             "relay_per_s", "relay_p50_ms", "relay_p99_ms", "fanout_all_ms", "fanout_p50_ms",
-            "fanout_p99_ms", "redis_cmds_per_handshake"} <= rows.keys()
+            "fanout_p99_ms", "redis_cmds_per_handshake", "events_per_s_history",
+            "events_per_s_no_history"} <= rows.keys()
     for key, row in rows.items():
         assert row["values"], key
         for target, value in row["values"].items():

@@ -50,6 +50,29 @@ class ControlEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    """How much of each agent's event history an engine keeps: at most ``size`` events (0: none,
+    only the sequence is counted) no older than ``seconds``."""
+
+    size: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What an engine holds of one agent's events after a given ``seq``.
+
+    ``epoch`` names the history ("" when the agent never published); ``seq`` is the last number
+    given out; ``events`` are the held ``(seq, payload JSON)`` pairs past the asked-for one, in
+    order and contiguous (trimming removes only the oldest events).
+    """
+
+    epoch: str
+    seq: int
+    events: tuple[tuple[int, str], ...] = ()
+
+
 ControlHandler = Callable[[ControlEvent], Awaitable[None]]
 MessageHandler = Callable[[str], Awaitable[None]]
 
@@ -195,3 +218,21 @@ class Engine(Protocol):
 
     async def unwatch(self, tenant: str, agent_id: str) -> None:
         """Undo one :meth:`watch`."""
+
+    # Event history (missed events recovered on reconnect). ---------------------------------------
+
+    async def append_event(
+        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy
+    ) -> tuple[str, int]:
+        """Give the agent's next event its ``(epoch, seq)`` and keep ``payload`` (JSON text) in the
+        agent's history, trimmed to ``policy``. One atomic step: the numbers of one agent's events
+        are 1, 2, 3... with no gap or repeat on every worker, and an event is held before its
+        number is returned (so before it is published). A new epoch starts when the agent's
+        history was lost (never kept, expired, or Redis lost its data). Raises EngineUnavailable."""
+
+    async def read_history(
+        self, tenant: str, after: dict[str, int], *, policy: HistoryPolicy
+    ) -> dict[str, History]:
+        """For each ``agent_id -> seq`` of ``after``: the agent's held events with a greater
+        ``seq`` no older than ``policy.seconds``. One round trip for the whole batch. Raises
+        EngineUnavailable."""

@@ -50,10 +50,13 @@ from app.engine._shared import (
 from app.engine.base import (
     Admitted,
     ConnectionInfo,
+    History,
+    HistoryPolicy,
     IpVerdict,
     Refused,
     UserVerdict,
 )
+from app.engine.memory_history import MemoryHistory
 from app.engine.memory_pubsub import LocalMessaging
 from app.errors import Code
 
@@ -129,6 +132,7 @@ class MemoryEngine(DelegatedMessaging):
         self._agents: dict[str, dict[str, dict[str, _Presence]]] = {}
         self._order = itertools.count(1)
         self._messaging = LocalMessaging(worker_id=worker_id)
+        self._history = MemoryHistory(clock)
         self._sweep_trigger = MIN_SWEEP_TRIGGER
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -340,6 +344,18 @@ class MemoryEngine(DelegatedMessaging):
         agents = self._agents.get(tenant, {})
         return {a for a in list(agents) if self._live_conns(tenant, a, now)}
 
+    # -- event history -----------------------------------------------------------------------
+
+    async def append_event(
+        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy
+    ) -> tuple[str, int]:
+        return self._history.append(tenant, agent_id, payload, policy)
+
+    async def read_history(
+        self, tenant: str, after: dict[str, int], *, policy: HistoryPolicy
+    ) -> dict[str, History]:
+        return self._history.read(tenant, after, policy)
+
     # -- bookkeeping -------------------------------------------------------------------------
 
     def tracked_keys(self) -> int:
@@ -368,6 +384,7 @@ class MemoryEngine(DelegatedMessaging):
         for tenant in list(self._agents):
             for agent_id in list(self._agents.get(tenant, {})):
                 self._live_conns(tenant, agent_id, now)
+        self._history.sweep()
         self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 
     def _log(self, table: dict[_K, _Log], key: _K, window: int, now: float) -> _Log:

@@ -10,7 +10,9 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   ``{prefix}:{u:<tenant>:<sub>}:slots|rate|info`` (a user is the pair tenant, sub),
   ``{prefix}:{ip:<ip>}:rate|fails|ban`` (``<ip>`` an IPv4 address or an IPv6 network) and, for
   presence, ``{prefix}:{t:<tenant>}:agents`` (zset agent_id -> latest lease expiry) and
-  ``{prefix}:{t:<tenant>}:a:<agent>`` (hash conn_id -> ``expiry_ms:connected_us:worker``). The
+  ``{prefix}:{t:<tenant>}:a:<agent>`` (hash conn_id -> ``expiry_ms:connected_us:worker``), and
+  for event history ``{prefix}:{h:<tenant>:<agent>}:meta|ev`` (epoch and counter; a stream trimmed
+  by MAXLEN and MINID), one slot per agent. The
   part in braces is the Redis Cluster hash tag, so each script touches one slot; ``<sub>``,
   ``<tenant>`` and ``<agent>`` are base64url of their UTF-8 bytes, so no ``{``, ``}``, ``:`` or
   ``*`` in an id can move the tag or alias another key, and the tenant "" is ``{t:}``. Every key
@@ -72,10 +74,13 @@ from app.engine.base import (
     Admitted,
     ConnectionInfo,
     EngineUnavailable,
+    History,
+    HistoryPolicy,
     IpVerdict,
     Refused,
     UserVerdict,
 )
+from app.engine.memory_history import META_TTL_SECONDS
 from app.engine.redis_pubsub import RedisMessaging
 from app.errors import Code
 
@@ -102,6 +107,8 @@ SCRIPTS = (
     "renew_agents",
     "locate_agent",
     "online_agents",
+    "append_event",
+    "read_history",
 )
 _VERDICTS = {1: Code.IP_BANNED, 2: Code.RATE_LIMITED, 3: Code.CONNECTION_LIMIT}
 # One script run: (keys, args).
@@ -155,6 +162,11 @@ class RedisEngine(DelegatedMessaging):
     def agent_key(self, tenant: str, agent_id: str) -> str:
         """One agent's hash of connections (conn_id -> ``expiry_ms:connected_us:worker``)."""
         return f"{self.prefix}:{{t:{tag(tenant)}}}:a:{tag(agent_id)}"
+
+    def history_keys(self, tenant: str, agent_id: str) -> list[str]:
+        """One agent's history: its ``meta`` hash (epoch, last seq) and ``ev`` stream, in one
+        hash slot of their own (histories spread over a cluster's shards)."""
+        return [f"{self.prefix}:{{h:{tag(tenant)}:{tag(agent_id)}}}:{kind}" for kind in ("meta", "ev")]
 
     def agent_channel(self, tenant: str, agent_id: str) -> str:
         """The channel of one agent's messages (``agent_id="*"``: the tenant-wide channel)."""
@@ -398,6 +410,36 @@ class RedisEngine(DelegatedMessaging):
     async def online_agents(self, tenant: str) -> set[str]:
         reply = await self._run("online_agents", [self.agents_key(tenant)], [])
         return {text(agent) for agent in reply}
+
+    # -- event history ------------------------------------------------------------------------
+
+    async def append_event(
+        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy
+    ) -> tuple[str, int]:
+        args: list[str | int] = [
+            secrets.token_hex(8), policy.size, policy.seconds, META_TTL_SECONDS, payload,
+        ]
+        # Not batched: a script that is not idempotent is never sent twice (see _run_many).
+        epoch, seq = await self._run("append_event", self.history_keys(tenant, agent_id), args)
+        return text(epoch), int(seq)
+
+    async def read_history(
+        self, tenant: str, after: dict[str, int], *, policy: HistoryPolicy
+    ) -> dict[str, History]:
+        agents = list(after)
+        calls: list[_Call] = [
+            (self.history_keys(tenant, a), [after[a], policy.seconds]) for a in agents
+        ]
+        try:
+            replies = await self._run_many("read_history", calls) if calls else []
+        except UNAVAILABLE as exc:
+            raise EngineUnavailable(f"redis read_history: {type(exc).__name__}: {exc}") from exc
+        found: dict[str, History] = {}
+        for agent_id, reply in zip(agents, replies, strict=True):
+            rest = reply[2:]
+            events = tuple((int(rest[i]), text(rest[i + 1])) for i in range(0, len(rest), 2))
+            found[agent_id] = History(text(reply[0]), int(reply[1]), events)
+        return found
 
 
 def _glob_escape(value: str) -> str:

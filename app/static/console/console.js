@@ -117,7 +117,7 @@ function start(value) {
     notice("Connected.", "ok");
     if (!subscribed) {
       subscribed = true;  // the client re-sends it after every reconnect
-      session.subscribe("*", { presence: onPresence, event: onEvent }).catch((error) => {
+      session.subscribe("*", { presence: onPresence, event: onEvent, recovered: onRecovered }).catch((error) => {
         notice("Subscribing failed: " + (WORDS[error.code] || error.message), "bad");
       });
     }
@@ -200,6 +200,20 @@ function upsert(id) {
 function onPresence(p) {
   upsert(p.agent_id).status = p.status;
   queueRender();
+}
+
+// After a reconnect the client asks for the events missed meanwhile (`since`); the hub says per
+// agent whether all of them could be replayed. When not, the operator must know that the shown
+// state of those agents may be stale.
+function onRecovered(recovered) {
+  const lost = Object.keys(recovered).filter((agent) => recovered[agent] === false).sort();
+  ui.status.dataset.unrecovered = lost.join(",");
+  if (lost.length) {
+    notice("Reconnected, but some events of " + lost.slice(0, 5).join(", ") + (lost.length > 5 ? " and " + (lost.length - 5) + " more" : "")
+      + " were missed for good (the hub no longer holds them): what is shown for them may be out of date.", "bad");
+  } else if (Object.keys(recovered).length) {
+    notice("Reconnected: every missed event was recovered.", "ok");
+  }
 }
 
 function onEvent(m) {

@@ -547,7 +547,10 @@ var DashboardClient = class extends HubClient {
     this.handlers = handlers;
     for (const [agent, position] of Object.entries(handlers.since ?? {})) this.positions.set(agent, position);
     const answer = await this.request(this.subscribeFrame(), "s", timeout);
-    if (answer.type === "subscribed") return answer.agents;
+    if (answer.type === "subscribed") {
+      this.handlers.recovered?.(answer.recovered ?? {});
+      return answer.agents;
+    }
     if (answer.type === "error") throw commandError(answer.error, answer.message);
     throw new HubError("protocol_error", `unexpected answer to subscribe: ${answer.type}`);
   }
@@ -602,6 +605,9 @@ var DashboardClient = class extends HubClient {
     switch (message.type) {
       case "presence":
         this.handlers.presence?.(message);
+        return;
+      case "subscribed":
+        this.handlers.recovered?.(message.recovered ?? {});
         return;
       case "event": {
         const { seq, epoch } = message;

@@ -19,6 +19,10 @@ export interface SubscribeHandlers {
   /** Ask the hub to replay what was missed since these positions (kept up to date by the
    * client from the events it receives, and re-sent on every reconnect). */
   since?: Readonly<Record<string, Position>>;
+  /** The hub's `recovered` after every (re)subscribe, the automatic one after a reconnect
+   * included: `false` for an agent some of whose missed events are lost for good (its history
+   * was trimmed or restarted): reload that agent's state. */
+  recovered?: (recovered: Readonly<Record<string, boolean>>) => void;
 }
 
 export interface CommandOptions {
@@ -58,7 +62,10 @@ export class DashboardClient extends HubClient {
     this.handlers = handlers;
     for (const [agent, position] of Object.entries(handlers.since ?? {})) this.positions.set(agent, position);
     const answer = await this.request(this.subscribeFrame(), "s", timeout);
-    if (answer.type === "subscribed") return answer.agents;
+    if (answer.type === "subscribed") {
+      this.handlers.recovered?.(answer.recovered ?? {});
+      return answer.agents;
+    }
     if (answer.type === "error") throw commandError(answer.error, answer.message);
     throw new HubError("protocol_error", `unexpected answer to subscribe: ${answer.type}`);
   }
@@ -110,6 +117,10 @@ export class DashboardClient extends HubClient {
     switch (message.type) {
       case "presence":
         this.handlers.presence?.(message);
+        return;
+      case "subscribed":
+        // The answer to the automatic subscribe after a reconnect (nobody waits for it).
+        this.handlers.recovered?.(message.recovered ?? {});
         return;
       case "event": {
         const { seq, epoch } = message as { seq?: unknown; epoch?: unknown };

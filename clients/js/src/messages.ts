@@ -10,6 +10,12 @@ export type AgentStatus = {
   readonly status: "online" | "offline";
 };
 
+/** Where a dashboard left one agent's events: the ``epoch`` and ``seq`` of the last one seen. */
+export type Since = {
+  readonly epoch: string;
+  readonly seq: number;
+};
+
 /** ping (client to server) */
 export interface PingMessage {
   readonly id?: string | number | null;
@@ -23,11 +29,14 @@ export interface AuthRefreshMessage {
   readonly token: string;
 }
 
-/** Dashboard: receive presence and events of these agents (``"*"``: all of the tenant's). */
+/** Dashboard: receive presence and events of these agents (``"*"``: all of the tenant's); */
 export interface SubscribeMessage {
   readonly id?: string | number | null;
   readonly type: "subscribe";
   readonly agents: "*" | string[];
+  readonly since?: {
+    readonly [key: string]: Since;
+  } | null;
 }
 
 /** Dashboard (role ``operator``): send ``payload`` to agent ``agent_id``. */
@@ -98,6 +107,9 @@ export interface SubscribedMessage {
   readonly type: "subscribed";
   readonly agents: string[];
   readonly ref: string | number | null;
+  readonly recovered: {
+    readonly [key: string]: boolean;
+  };
 }
 
 /** command.accepted (server to client) */
@@ -123,11 +135,13 @@ export interface ResultDeliveryMessage {
   readonly payload: JsonValue;
 }
 
-/** event (server to client) */
+/** An agent's event; ``seq`` counts that agent's events (+1 each) within ``epoch``. */
 export interface EventDeliveryMessage {
   readonly type: "event";
   readonly agent_id: string;
   readonly payload: JsonValue;
+  readonly seq: number;
+  readonly epoch: string;
 }
 
 /** presence (server to client) */

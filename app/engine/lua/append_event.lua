@@ -1,0 +1,33 @@
+-- append_event.lua: number one agent's next event and keep it in the agent's history.
+--
+-- KEYS[1]  {prefix}:{h:<tenant>:<agent>}:meta  hash; e = epoch, s = last seq given out
+-- KEYS[2]  {prefix}:{h:<tenant>:<agent>}:ev    stream; fields s = seq, p = payload JSON
+-- ARGV[1]  a fresh epoch, used only when the history is gone (never kept, expired, lost)
+-- ARGV[2]  history size (events kept; 0: none, only the counter)
+-- ARGV[3]  history seconds (older events are trimmed)
+-- ARGV[4]  seconds the epoch and counter outlive the last event
+-- ARGV[5]  the payload (JSON text)
+--
+-- Returns {epoch, seq}. Atomic: seqs of one agent are 1, 2, 3... whichever worker appends.
+-- Stream ids are Redis time (ms), so MINID trims by age on the same clock as TIME.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local size, seconds = tonumber(ARGV[2]), tonumber(ARGV[3])
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  -- A new history: whatever the stream still holds belongs to the lost one.
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
+end
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 's', seq, 'p', ARGV[5])
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', now - seconds * 1000))
+  redis.call('EXPIRE', KEYS[2], seconds)
+else
+  redis.call('DEL', KEYS[2])
+end
+return {epoch, seq}
