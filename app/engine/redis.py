@@ -419,7 +419,7 @@ class RedisEngine(DelegatedMessaging):
         args: list[str | int] = [
             secrets.token_hex(8), policy.size, policy.seconds, META_TTL_SECONDS, payload,
         ]
-        # Not batched: a script that is not idempotent is never sent twice (see _run_many).
+        # Not batched (see _run_many); a retry of the same call is answered, not appended, again.
         epoch, seq = await self._run("append_event", self.history_keys(tenant, agent_id), args)
         return text(epoch), int(seq)
 

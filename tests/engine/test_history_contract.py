@@ -93,6 +93,20 @@ async def test_history_keys_are_in_one_slot_and_expire(any_redis_factory: RedisF
     assert int(await client.ttl(meta)) > 60
 
 
+async def test_a_retried_append_is_answered_again_not_appended_twice(any_redis_factory: RedisFactory) -> None:
+    # redis-py re-sends a command once when its connection drops; the reply of the first run may
+    # have been lost with it. The same call (same nonce) must not number the event twice.
+    engine = await any_redis_factory("w1")
+    keys = engine.history_keys("", "retried")
+    args: list[str | int] = ["nonce-1", 5, 300, 3600, '"payload"']
+    first = await engine._run("append_event", keys, args)
+    again = await engine._run("append_event", keys, args)
+    assert again == first and int(first[1]) == 1
+    assert await engine._client.xlen(keys[1]) == 1
+    _, seq = await engine.append_event("", "retried", '"next"', policy=POLICY)
+    assert seq == 2
+
+
 async def test_an_idle_agents_numbering_is_forgotten_in_memory_after_a_day() -> None:
     clock = ManualClock()
     engine = MemoryEngine(worker_id="w1", clock=clock)
