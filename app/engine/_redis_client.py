@@ -33,6 +33,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 SOCKET_TIMEOUT_SECONDS = 1.0
+# Connections of one client (per node on a cluster). redis-py 8 defaults to 100 and then raises at
+# once ("Too many connections"): a reconnect storm of a few hundred concurrent handshakes on one
+# worker was refused `unavailable` with Redis healthy (found by the soak run). Redis' own limit
+# (maxclients, 10,000 by default) is far above workers x this.
+MAX_CONNECTIONS = 1000
 # Failures that mean "shared state is unreachable or refusing": the caller fails closed.
 # AttributeError and RuntimeError: during a failover redis-py 8.1's cluster client disconnects
 # pooled connections while other tasks are starting to use them ("'NoneType' object has no
@@ -157,6 +162,7 @@ def _fast() -> dict[str, Any]:
     return {
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        "max_connections": MAX_CONNECTIONS,
         # One immediate retry on a dropped connection (a pooled socket Redis closed, or a
         # primary that just changed); none on timeouts, which would only double the wait before
         # failing closed. Scripts are safe to retry: their nonce makes a second run count nothing
@@ -186,6 +192,8 @@ def connect_primary(target: RedisTarget, client_name: str) -> aioredis.Redis:
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        # Every new connection to the primary asks a sentinel first: a burst needs as many.
+        "max_connections": MAX_CONNECTIONS,
     }
     if target.tls:
         sentinel_kwargs["ssl"] = True
