@@ -37,8 +37,10 @@ SOCKET_TIMEOUT_SECONDS = 1.0
 # AttributeError: during a failover redis-py 8.1's cluster client disconnects pooled connections
 # while other tasks are starting to use them ("'NoneType' object has no attribute
 # 'writelines'"); it means the node is gone, and must fail closed like a refused connection
-# rather than escape as a 500.
-UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError, AttributeError)
+# rather than escape as a 500. RuntimeError: the same race under uvloop, where writing to the
+# closed transport raises "unable to perform operation on <TCPTransport closed=True>" (seen by the
+# soak, bench/soak, when a pooled connection is reconnected during churn and failover).
+UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError, AttributeError, RuntimeError)
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 Kind = Literal["single", "sentinel", "cluster"]
