@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 GRACE_SECONDS = 5.0
+TICK_SECONDS = 1.0
 RECOVERY_SECONDS = 10.0
 """After a Redis fault ends, how long a hub may still fail closed: its pool reconnects and the
 requests that timed out during the fault are retried by the clients' backoff."""
@@ -38,7 +39,9 @@ class Fault:
     skipped: str = ""
 
     def covers(self, t: float, grace: float = GRACE_SECONDS) -> bool:
-        return not self.skipped and self.start <= t <= self.end + grace
+        # Counters come in one-second ticks stamped with the second they end in: a tick stamped
+        # one second before the start may hold what happened just after it.
+        return not self.skipped and self.start - TICK_SECONDS <= t <= self.end + grace
 
     def overlaps(self, low: float, high: float, grace: float = GRACE_SECONDS) -> bool:
         return not self.skipped and low <= self.end + grace and high >= self.start

@@ -37,7 +37,10 @@ from bench.soak.invariants import HANDLED, Fault, Record
 from bench.soak.proxy import LinkProxy
 from bench.soak.redis_group import SoakRedis
 
-PG_ADMIN = os.environ.get("SOAK_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# A server where the soak may create (and drop) a throwaway database; the hubs reach it on port
+# 5432 of 127.0.0.1 (through their link proxies). The test suite's server is the default.
+PG_ADMIN = os.environ.get("SOAK_DATABASE_URL") or os.environ.get(
+    "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("+asyncpg", "")
 CONNECTIONS_PER_PROCESS = 2500
 LEASE_SECONDS = 30  # the hub's default HUB_CONNECTION_LEASE_SECONDS, set explicitly below
 
@@ -61,7 +64,7 @@ class Config:
         mechanism happens many times in a minute."""
         short = seconds < 300
         return cls(seconds=seconds, connections=connections, out=out, loopback=loopback,
-                   warmup=15 if short else 100, churn_seconds=25 if short else 300,
+                   warmup=15 if short else 120, churn_seconds=25 if short else 300,
                    event_seconds=4 if short else 30, command_seconds=5 if short else 30,
                    token_ttl=75 if short else 180, refresh_warning=60)
 
@@ -167,7 +170,7 @@ class Soak:
             spec = {
                 "secret": self.secret, "limit": self.record.limit, "hosts": [h.urls for h in self.hubs],
                 "groups": groups[n::processes], "token_ttl": c.token_ttl,
-                "ramp_seconds": max(5.0, c.warmup * 0.6), "churn_seconds": c.churn_seconds,
+                "ramp_seconds": max(5.0, c.warmup * 0.8), "churn_seconds": c.churn_seconds,
                 "event_seconds": c.event_seconds, "command_seconds": c.command_seconds,
                 "command_timeout": 20.0, "backoff_cap": 10.0,
             }
