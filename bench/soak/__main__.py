@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
 from bench.soak import report
-from bench.soak.invariants import check
+from bench.soak.invariants import Record, check
 from bench.soak.run import Config, Soak
 
 
@@ -25,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=int(os.environ.get("SOAK_CONNECTIONS", "10000")))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("SOAK_OUT", "var/soak")))
     parser.add_argument("--loopback", action="store_true", help="no namespaces even when permitted")
+    parser.add_argument("--report-only", action="store_true",
+                        help="judge and report again the run whose soak.json is in --out")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return _report_again(args.out)
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     soak = Soak(Config.sized(seconds, args.connections, args.out, loopback=args.loopback))
@@ -42,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     for v in violations[:20]:
         at = v.t - record.measured_from
         print(f"soak: violation {v.invariant} at +{at:.0f}s: {v.detail}", file=sys.stderr)
+    return 1 if violations else 0
+
+
+def _report_again(out: Path) -> int:
+    saved = json.loads((out / "soak.json").read_text())
+    record = Record.from_json(saved["record"])
+    violations = check(record)
+    keep = ("date", "minutes", "mode", "cpus", "load_before", "load_after", "notes")
+    report.write(record, violations, {k: saved["summary"][k] for k in keep}, out)
+    print(f"soak: {len(violations)} violation(s); report in {out}/soak.md", file=sys.stderr)
     return 1 if violations else 0
 
 

@@ -79,6 +79,13 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "faults": [asdict(f) for f in self.faults]}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """The record of an earlier run (``soak.json``), to judge and report it again."""
+        fields = {**data, "faults": [Fault(**f) for f in data["faults"]],
+                  "rss": {k: [(float(t), int(kib)) for t, kib in v] for k, v in data["rss"].items()}}
+        return cls(**fields)
+
 
 def _in_any(faults: Iterable[Fault], t: float, kinds: frozenset[str] | None = None,
             grace: float = GRACE_SECONDS) -> bool:
@@ -120,11 +127,16 @@ def commands_answered(record: Record) -> list[Violation]:
     a command delivered to an agent that then vanished, is never answered). They are counted in
     the report as a finding (``commands_unanswered_in_faults``)."""
     return [Violation("command_unanswered", t, "a command sent outside faults had neither result nor error")
-            for t in record.command_timeouts if not _in_any(record.faults, t)]
+            for t in record.command_timeouts if not _command_in_fault(record.faults, t)]
+
+
+def _command_in_fault(faults: Iterable[Fault], sent: float) -> bool:
+    # A command whose first seconds (it is normally answered in milliseconds) met a fault.
+    return any(f.overlaps(sent, sent + GRACE_SECONDS) for f in faults)
 
 
 def unanswered_in_faults(record: Record) -> int:
-    return sum(1 for t in record.command_timeouts if _in_any(record.faults, t))
+    return sum(1 for t in record.command_timeouts if _command_in_fault(record.faults, t))
 
 
 def events_delivered(record: Record) -> list[Violation]:
