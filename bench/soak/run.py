@@ -383,7 +383,8 @@ def _log_findings(hub: HostedHub, errors: dict[str, int]) -> list[dict[str, Any]
             if "Traceback" in line or " 500 " in line:
                 found.append({"host": hub.host.name, "t": 0.0, "line": line})
             continue
-        level, event = str(entry.get("level", "")), str(entry.get("event", "")).strip()
+        level = str(entry.get("level", ""))
+        event = (str(entry.get("event", "")).strip().splitlines() or [""])[0][:120]
         if level in ("error", "critical"):
             errors[event] = errors.get(event, 0) + 1
         last = (str(entry.get("exception") or "").strip().splitlines() or [""])[-1]
