@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test test-deps system lint bench install wheel clean
+.PHONY: run test test-deps system lint bench soak install wheel clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Soak and chaos (docs/operations.md, "Soak and chaos"): SOAK_MINUTES (10), SOAK_CONNECTIONS
+# (10000), SOAK_OUT (var/soak). Network namespaces need root; otherwise it runs on loopback.
+soak: install system
+	$(BIN)/python -m bench.soak
 
 # The installable package: dist/agent_hub-<version>-py3-none-any.whl (build/ is cleared first so
 # that no file removed from the tree lingers in the wheel).

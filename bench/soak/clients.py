@@ -1,0 +1,339 @@
+"""A soak client process: a share of the users, as ``hubclient`` agents and dashboards.
+
+``python -m bench.soak.clients SPEC.json`` runs the groups the spec gives it until told to stop.
+Every client is a real :mod:`hubclient` client (its reconnect policy is under test); each *slot*
+connects, lives for a random while (churn), closes and connects again with a fresh client. Agents
+emit numbered events and answer commands; operator dashboards subscribe to their group's agents
+and send commands; one group in ten has a greedy user who tries more connections than the limit.
+
+Protocol with the orchestrator (:mod:`bench.soak.run`), one JSON object per line:
+
+- stdout, every second: ``{"kind": "tick", ...}`` with this second's counters
+  (:meth:`Stats.tick`), and ``{"kind": "ready"}`` once all slots are started;
+- stdin: ``quiesce`` (no more churn: slots keep their connections), ``count`` (answered by
+  ``{"kind": "count", "live": N}``), ``stop`` (close everything and exit).
+
+The token is minted here from the shared secret for each attempt; it never leaves this process
+except in the ``Authorization`` header or an ``auth.refresh``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+
+from app.tokens import mint
+from hubclient import AgentClient, Backoff, DashboardClient, HubError, JsonValue
+from hubclient.messages import EventDelivery, ServerMessage, Welcome
+
+log = logging.getLogger("soak.clients")
+
+
+@dataclass
+class Stats:
+    """What this process saw during the current second (reset by :meth:`tick`)."""
+
+    limit: int
+    live: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    handshakes: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    refusals: Counter[str] = field(default_factory=Counter)
+    commands: Counter[str] = field(default_factory=Counter)
+    events: int = 0
+    refreshes: int = 0
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    over_limit: list[dict[str, Any]] = field(default_factory=list)
+    timeouts: list[float] = field(default_factory=list)
+    """When each command that got neither result nor error was sent."""
+
+    def tick(self) -> dict[str, Any]:
+        worst = max(self.live.values(), default=0)
+        if worst > self.limit:
+            self.over_limit.extend(
+                {"t": time.time(), "sub": sub, "live": n} for sub, n in self.live.items() if n > self.limit
+            )
+        line = {
+            "kind": "tick", "t": time.time(), "live": sum(self.live.values()),
+            "agents": self.kinds["agent"], "dashboards": self.kinds["dashboard"],
+            "max_per_user": worst, "handshakes": self.handshakes, "latencies_ms": self.latencies_ms,
+            "refusals": dict(self.refusals), "commands": dict(self.commands), "events": self.events,
+            "refreshes": self.refreshes, "gaps": self.gaps, "over_limit": self.over_limit,
+            "command_timeouts": self.timeouts,
+        }
+        self.handshakes = self.events = self.refreshes = 0
+        self.latencies_ms, self.gaps, self.over_limit, self.timeouts = [], [], [], []
+        self.refusals, self.commands = Counter(), Counter()
+        return line
+
+
+class _Refusals(logging.Handler):
+    """Counts the handshakes ``hubclient`` saw refused, by code (its ``hubclient.refused`` log)."""
+
+    def __init__(self, stats: Stats) -> None:
+        super().__init__(logging.INFO)
+        self.stats = stats
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "hubclient.refused":
+            code = getattr(record, "code", "") or f"http_{getattr(record, 'status', '')}"
+            self.stats.refusals[str(code)] += 1
+        elif record.msg == "hubclient.connect_failed":
+            self.stats.refusals["connect_failed"] += 1
+        elif record.msg == "hubclient.refreshed":
+            self.stats.refreshes += 1
+
+
+class _Tracked:
+    """Mixin of both kinds: counts live sessions per user and handshake latency."""
+
+    stats: Stats
+    sub: str
+    kind: str
+    attempt_started: float
+    live: bool
+
+    def _track_welcome(self) -> None:
+        self.stats.handshakes += 1
+        self.stats.latencies_ms.append((time.monotonic() - self.attempt_started) * 1000)
+        if not self.live:
+            self.live = True
+            self.stats.live[self.sub] += 1
+            self.stats.kinds[self.kind] += 1
+
+    def _track_disconnect(self) -> None:
+        if self.live:
+            self.live = False
+            self.stats.live[self.sub] -= 1
+            self.stats.kinds[self.kind] -= 1
+
+
+class SoakAgent(_Tracked, AgentClient):
+    kind = "agent"
+
+    async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
+        self._track_welcome()
+        await super()._on_welcome(ws, welcome)
+
+    def _on_disconnect(self, lost: Any) -> None:
+        self._track_disconnect()
+        super()._on_disconnect(lost)
+
+
+class SoakDashboard(_Tracked, DashboardClient):
+    kind = "dashboard"
+    last_seen: dict[str, tuple[int, int, int, float]]
+    """agent_id -> (event number, agent session, own session, arrival time) of the last event."""
+
+    async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
+        self._track_welcome()
+        await super()._on_welcome(ws, welcome)
+
+    def _on_disconnect(self, lost: Any) -> None:
+        self._track_disconnect()
+        super()._on_disconnect(lost)
+
+    def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
+        if isinstance(message, EventDelivery) and isinstance(message.payload, dict):
+            self._saw(message.agent_id, message.payload)
+        super()._handle(ws, message)
+
+    def _saw(self, agent_id: str, payload: dict[str, Any]) -> None:
+        n, agent_session = int(payload.get("n", 0)), int(payload.get("s", 0))
+        now = time.time()
+        self.stats.events += 1
+        previous = self.last_seen.get(agent_id)
+        self.last_seen[agent_id] = (n, agent_session, self.sessions, now)
+        if previous is None or n <= previous[0] + 1:
+            return
+        # A gap: events previous[0]+1 .. n-1 never arrived. Whether that is allowed depends on
+        # the fault windows (the orchestrator knows them) and on who reconnected meanwhile.
+        self.stats.gaps.append({
+            "agent": agent_id, "missing": n - previous[0] - 1, "from": previous[3], "to": now,
+            "dashboard_reconnected": previous[2] != self.sessions,
+            "agent_reconnected": previous[1] != agent_session,
+        })
+
+
+class Slot:
+    """One connection of one user, churned: connect, live a random while, close, again."""
+
+    def __init__(self, runner: Runner, kind: str, sub: str, roles: list[str], group: dict[str, Any]) -> None:
+        self.runner, self.kind, self.sub, self.roles, self.group = runner, kind, sub, roles, group
+        self.counter = 0  # an agent's event numbers continue across its connections
+
+    async def token(self, client: _Tracked) -> str:
+        client.attempt_started = time.monotonic()
+        return mint(self.runner.secret, "HS256", self.sub, self.roles, self.runner.spec["token_ttl"])
+
+    def _urls(self) -> list[str]:
+        hosts = list(self.runner.spec["hosts"])
+        random.shuffle(hosts)
+        return [random.choice(addresses) for addresses in hosts]
+
+    def _client(self) -> SoakAgent | SoakDashboard:
+        backoff = Backoff(base=0.5, cap=float(self.runner.spec.get("backoff_cap", 10)))
+        client: SoakAgent | SoakDashboard
+        if self.kind == "agent":
+            client = SoakAgent(self._urls(), lambda: self.token(client), on_command=self._answer,
+                               backoff=backoff, open_timeout=10)
+        else:
+            client = SoakDashboard(self._urls(), lambda: self.token(client), backoff=backoff,
+                                   open_timeout=10)
+            client.last_seen = {}
+        client.stats, client.sub = self.runner.stats, self.sub
+        client.live, client.attempt_started = False, 0.0
+        return client
+
+    async def _answer(self, command_id: str, from_sub: str, payload: JsonValue) -> JsonValue:
+        return {"ok": command_id}
+
+    async def run(self) -> None:
+        spec = self.runner.spec
+        await asyncio.sleep(random.uniform(0, spec["ramp_seconds"]))
+        while not self.runner.stopping:
+            client = self._client()
+            self.runner.clients.add(client)
+            try:
+                with contextlib.suppress(HubError, TimeoutError, OSError):
+                    async with asyncio.timeout(spec["ramp_seconds"] + 60):
+                        await client.start()
+                    lifetime = random.expovariate(1 / spec["churn_seconds"])
+                    await self._live(client, time.monotonic() + lifetime)
+            finally:
+                await client.close()
+                self.runner.clients.discard(client)
+            await asyncio.sleep(random.uniform(0.1, 1.0))
+
+    async def _live(self, client: SoakAgent | SoakDashboard, until: float) -> None:
+        spec = self.runner.spec
+        if isinstance(client, SoakDashboard):
+            with contextlib.suppress(HubError, TimeoutError):
+                await client.subscribe(self.group["agents"])
+        interval = spec["event_seconds"] if self.kind == "agent" else spec["command_seconds"]
+        await asyncio.sleep(random.uniform(0, interval))
+        while self.runner.quiesced or time.monotonic() < until:
+            if self.runner.stopping:
+                return
+            if isinstance(client, SoakAgent):
+                with contextlib.suppress(HubError):
+                    await client.emit({"n": self.counter + 1, "s": client.sessions})
+                    self.counter += 1
+            elif "operator" in self.roles:
+                self.runner.spawn(self._command(client))
+            await asyncio.sleep(interval)
+
+    async def _command(self, client: SoakDashboard) -> None:
+        stats = self.runner.stats
+        agent = random.choice(self.group["agents"])
+        sent = time.time()
+        try:
+            await client.send_command(agent, {"probe": True}, timeout=self.runner.spec["command_timeout"])
+        except HubError as exc:
+            code = getattr(exc, "code", "") or type(exc).__name__
+            stats.commands["not_sent" if type(exc).__name__ == "NotConnected" else f"error:{code}"] += 1
+        except TimeoutError:
+            stats.commands["timeout"] += 1
+            stats.timeouts.append(sent)
+        else:
+            stats.commands["result"] += 1
+
+
+class Runner:
+    """All slots of this process, the stats ticker and the control channel."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.secret = spec["secret"]
+        self.stats = Stats(limit=spec["limit"])
+        self.stopping = False
+        self.quiesced = False
+        self.clients: set[AgentClient | DashboardClient] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def slots(self) -> list[Slot]:
+        slots: list[Slot] = []
+        for group in self.spec["groups"]:
+            slots += [Slot(self, "agent", agent, ["agent"], group) for agent in group["agents"]]
+            slots += [Slot(self, "dashboard", group["operator"], ["dashboard", "operator"], group)
+                      for _ in range(group["dashboards"])]
+            if group.get("greedy"):
+                slots += [Slot(self, "dashboard", group["greedy"], ["dashboard"], group)
+                          for _ in range(self.spec["limit"] + 2)]
+        return slots
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        slot_tasks = [asyncio.create_task(slot.run()) for slot in self.slots()]
+        ticker = asyncio.create_task(self._tick())
+        _emit({"kind": "ready"})
+        while True:
+            line = (await reader.readline()).decode().strip()
+            if line == "quiesce":
+                self.quiesced = True
+            elif line == "count":
+                _emit({"kind": "count", "live": sum(self.stats.live.values()),
+                       "per_user": dict(self.stats.live)})
+            elif line in ("stop", ""):
+                break
+        self.stopping = True
+        for task in slot_tasks:
+            task.cancel()
+        await asyncio.gather(*slot_tasks, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in list(self.clients)), return_exceptions=True)
+        ticker.cancel()
+        _emit(self.stats.tick())
+        _emit({"kind": "stopped"})
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            _emit(self.stats.tick())
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _raise_descriptor_limit(wanted: int = 20_000) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def main() -> None:
+    _raise_descriptor_limit()
+    with open(sys.argv[1]) as spec_file:
+        spec = json.load(spec_file)
+    runner = Runner(spec)
+    hub_log = logging.getLogger("hubclient")
+    hub_log.setLevel(logging.INFO)
+    hub_log.addHandler(_Refusals(runner.stats))
+    hub_log.propagate = False
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The soak's invariants: plain functions from what was recorded to the violations, each with its time.
+
+No I/O here: :mod:`bench.soak.run` records, these decide, :mod:`bench.soak.report` shows. Times
+are Unix seconds. A fault window is ``[start, end]`` of one fault; some invariants allow
+misbehaviour inside a window plus :data:`GRACE_SECONDS` (time to notice, rediscover, reconnect).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GRACE_SECONDS = 5.0
+TICK_SECONDS = 1.0
+RECOVERY_SECONDS = 10.0
+"""After a Redis fault ends, how long a hub may still fail closed: its pool reconnects and the
+requests that timed out during the fault are retried by the clients' backoff."""
+RSS_GROWTH_LIMIT = 0.05
+# Faults during which a hub may refuse handshakes ``unavailable``: shared state unreachable for
+# some hub (it fails closed), or a hub draining (it refuses new handshakes until it exits).
+UNAVAILABLE_FAULTS = frozenset({"redis_primary_kill", "partition", "drain"})
+# A hub's traceback that ends in one of these is a fault handled as designed (fail closed, retry),
+# not an unhandled exception.
+HANDLED = ("app.engine.base.EngineUnavailable", "EngineUnavailable:")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of the schedule, as it happened (``skipped``: why it could not be applied)."""
+
+    name: str
+    kind: str
+    host: str
+    start: float
+    end: float
+    detail: str = ""
+    skipped: str = ""
+
+    def covers(self, t: float, grace: float = GRACE_SECONDS) -> bool:
+        # Counters come in one-second ticks stamped with the second they end in: a tick stamped
+        # one second before the start may hold what happened just after it.
+        return not self.skipped and self.start - TICK_SECONDS <= t <= self.end + grace
+
+    def overlaps(self, low: float, high: float, grace: float = GRACE_SECONDS) -> bool:
+        return not self.skipped and low <= self.end + grace and high >= self.start
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    t: float
+    detail: str
+
+
+@dataclass
+class Record:
+    """Everything the run observed that an invariant looks at."""
+
+    limit: int
+    faults: list[Fault] = field(default_factory=list)
+    ticks: list[dict[str, Any]] = field(default_factory=list)
+    """One merged sample per second: ``t``, ``refusals`` (code -> n), ``max_slots_per_user``..."""
+    over_limit: list[dict[str, Any]] = field(default_factory=list)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    command_timeouts: list[float] = field(default_factory=list)
+    """When each command that got neither its result nor an error was sent."""
+    log_findings: list[dict[str, Any]] = field(default_factory=list)
+    log_errors: dict[str, int] = field(default_factory=dict)
+    """Error-level log events by name, handled ones included (for the report)."""
+    rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    """worker label -> [(t, KiB)], sampled once a second while that worker lived."""
+    end: dict[str, Any] = field(default_factory=dict)
+    """``t``, ``live`` (clients' sessions), ``slots`` (held in Redis), ``slots_after_stop``."""
+    measured_from: float = 0.0
+    measured_to: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "faults": [asdict(f) for f in self.faults]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """The record of an earlier run (``soak.json``), to judge and report it again."""
+        fields = {**data, "faults": [Fault(**f) for f in data["faults"]],
+                  "rss": {k: [(float(t), int(kib)) for t, kib in v] for k, v in data["rss"].items()}}
+        return cls(**fields)
+
+
+def _in_any(faults: Iterable[Fault], t: float, kinds: frozenset[str] | None = None,
+            grace: float = GRACE_SECONDS) -> bool:
+    return any(f.covers(t, grace) for f in faults if kinds is None or f.kind in kinds)
+
+
+def connection_limit(record: Record) -> list[Violation]:
+    """No user ever above the limit: the clients' own count of open sessions per user (each user
+    lives in one client process), and the slots Redis holds per user, sampled cluster-wide."""
+    found = [Violation("connection_limit", o["t"], f"{o['live']} open sessions of one user (client side)")
+             for o in record.over_limit]
+    found += [Violation("connection_limit", tick["t"],
+                        f"{tick['max_slots_per_user']} slots of one user in Redis")
+              for tick in record.ticks if (tick.get("max_slots_per_user") or 0) > record.limit]
+    return found
+
+
+def slots_match(record: Record) -> list[Violation]:
+    """At the end, slots held equal live connections; after the clients left, none is held."""
+    end = record.end
+    found = []
+    if end.get("slots") is None:
+        found.append(Violation("slots_leak", end.get("t", 0.0), "could not read the slots at the end"))
+    elif end["slots"] != end.get("live"):
+        found.append(Violation("slots_leak", end["t"],
+                               f"{end['slots']} slots held for {end.get('live')} live connections"))
+    if end.get("slots_after_stop") != 0:
+        found.append(Violation("slots_leak", end.get("t", 0.0),
+                               f"{end.get('slots_after_stop')} slots still held "
+                               f"{end.get('seconds_to_zero')} s after every client left"))
+    return found
+
+
+def commands_answered(record: Record) -> list[Violation]:
+    """Every command sent outside fault windows got its result or a clear error.
+
+    Commands sent inside a fault window and never answered are not judged here: the hub keeps no
+    deadline of its own for a routed command (a result published while Redis is unreachable, or
+    a command delivered to an agent that then vanished, is never answered). They are counted in
+    the report as a finding (``commands_unanswered_in_faults``)."""
+    return [Violation("command_unanswered", t, "a command sent outside faults had neither result nor error")
+            for t in record.command_timeouts if not _command_in_fault(record.faults, t)]
+
+
+def _command_in_fault(faults: Iterable[Fault], sent: float) -> bool:
+    # A command whose first seconds (it is normally answered in milliseconds) met a fault.
+    return any(f.overlaps(sent, sent + GRACE_SECONDS) for f in faults)
+
+
+def unanswered_in_faults(record: Record) -> int:
+    return sum(1 for t in record.command_timeouts if _command_in_fault(record.faults, t))
+
+
+def events_delivered(record: Record) -> list[Violation]:
+    """Events go missing only inside fault windows, or while the dashboard itself was
+    reconnecting (recovering those is the continuity feature's job: reported, not judged here)."""
+    found = []
+    for gap in record.gaps:
+        if gap["dashboard_reconnected"]:
+            continue
+        if any(f.overlaps(gap["from"], gap["to"]) for f in record.faults):
+            continue
+        found.append(Violation("event_missing", gap["to"],
+                               f"{gap['missing']} event(s) of {gap['agent']} lost on a live session"))
+    return found
+
+
+def unavailable_only_in_redis_faults(record: Record) -> list[Violation]:
+    """Handshakes refused ``unavailable`` only inside a Redis fault window (plus promotion) or
+    while a hub drains."""
+    return [Violation("unavailable_outside_fault", tick["t"],
+                      f"{tick['refusals']['unavailable']} handshake(s) refused unavailable")
+            for tick in record.ticks
+            if tick.get("refusals", {}).get("unavailable")
+            and not _in_any(record.faults, tick["t"], UNAVAILABLE_FAULTS, RECOVERY_SECONDS)]
+
+
+def clean_logs(record: Record) -> list[Violation]:
+    """No 500 and no unhandled exception in any hub's log."""
+    return [Violation("log", f["t"] or record.measured_to, f"host {f['host']}: {f['line'][:300]}")
+            for f in record.log_findings]
+
+
+def rss_flat(record: Record) -> list[Violation]:
+    """Every worker alive over the whole second half grew less than 5% across it (medians of its
+    first and last five samples there, so that one busy second does not count)."""
+    half = record.measured_from + (record.measured_to - record.measured_from) / 2
+    found = []
+    for label, samples in record.rss.items():
+        if not samples or samples[0][0] > half or samples[-1][0] < record.measured_to - 2:
+            continue  # not alive for the whole second half (killed, drained, or respawned late)
+        second = [kib for t, kib in samples if half <= t <= record.measured_to]
+        if len(second) < 10:
+            continue
+        first, last = statistics.median(second[:5]), statistics.median(second[-5:])
+        growth = (last - first) / first
+        if growth >= RSS_GROWTH_LIMIT:
+            found.append(Violation("rss_growth", record.measured_to,
+                                   f"{label}: {first / 1024:.0f} -> {last / 1024:.0f} MiB (+{growth:.1%})"))
+    return found
+
+
+def rss_growth(record: Record) -> dict[str, float]:
+    """Per worker checked by :func:`rss_flat`, its growth over the second half (for the report)."""
+    half = record.measured_from + (record.measured_to - record.measured_from) / 2
+    growth = {}
+    for label, samples in record.rss.items():
+        second = [kib for t, kib in samples if half <= t <= record.measured_to]
+        if samples and samples[0][0] <= half and len(second) >= 10:
+            first, last = statistics.median(second[:5]), statistics.median(second[-5:])
+            growth[label] = (last - first) / first
+    return growth
+
+
+CHECKS = (connection_limit, slots_match, commands_answered, events_delivered,
+          unavailable_only_in_redis_faults, clean_logs, rss_flat)
+
+
+def check(record: Record) -> list[Violation]:
+    """Every violation of every invariant, in time order."""
+    return sorted((v for c in CHECKS for v in c(record)), key=lambda v: v.t)

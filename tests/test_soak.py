@@ -1,0 +1,80 @@
+"""The soak's short version: every fault once, a few hundred churning connections, all invariants.
+
+It runs ``python -m bench.soak`` as ``make soak`` does (real ``hubctl serve`` hosts in network
+namespaces when permitted, a real Sentinel group, real PostgreSQL, ``hubclient`` clients in
+separate processes) and fails on any violated invariant, naming each with its time. The report it
+writes (JSON, Markdown, PNG) is kept in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.soak.invariants import Fault, Record, Violation, check
+from tests.support.server import ROOT
+
+pytestmark = pytest.mark.slow
+
+SOAK_TIMEOUT_SECONDS = 600
+
+
+@pytest.mark.timeout(SOAK_TIMEOUT_SECONDS + 60)
+def test_short_soak_holds_every_invariant(tmp_path: Path) -> None:
+    out = tmp_path / "soak"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--seconds", "60", "--connections", "300", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=SOAK_TIMEOUT_SECONDS, check=False,
+    )
+    assert (out / "soak.json").exists(), f"the soak did not report:\n{run.stderr[-4000:]}"
+    report = json.loads((out / "soak.json").read_text())
+    summary, faults = report["summary"], report["record"]["faults"]
+    applied = {f["kind"] for f in faults if not f["skipped"]}
+    expected = {"worker_kill", "drain", "redis_primary_kill", "database"}
+    if summary["mode"] == "network namespaces":
+        expected |= {"partition", "latency"}
+    assert expected <= applied, f"faults not applied: {expected - applied}"
+    assert (out / "soak.png").stat().st_size > 10_000
+    assert summary["peak_connections"] >= 250
+    assert summary["handshakes"] > summary["peak_connections"], "no churn happened"
+    assert summary["refreshes"] > 0 and summary["events_received"] > 0
+    assert run.returncode == 0, (
+        f"{summary['violations']} invariant violation(s):\n"
+        + "\n".join(f"{v['invariant']}: {v['detail']}" for v in report["violations"][:30])
+        + f"\nreport: {out / 'soak.md'}"
+    )
+
+
+def test_the_invariants_catch_what_they_are_for() -> None:
+    """The checks themselves, on a record with one breach of each: none may pass silently."""
+    fault = Fault("kill", "redis_primary_kill", "redis", 100.0, 110.0)
+    record = Record(
+        limit=10, faults=[fault],
+        ticks=[{"t": 50.0, "refusals": {"unavailable": 2}, "max_slots_per_user": 11},
+               {"t": 105.0, "refusals": {"unavailable": 5}}],
+        over_limit=[{"t": 60.0, "sub": "u", "live": 11}],
+        gaps=[{"agent": "a", "missing": 1, "from": 40.0, "to": 45.0, "dashboard_reconnected": False},
+              {"agent": "a", "missing": 3, "from": 104.0, "to": 106.0, "dashboard_reconnected": False},
+              {"agent": "b", "missing": 2, "from": 40.0, "to": 45.0, "dashboard_reconnected": True}],
+        command_timeouts=[30.0, 105.0],
+        log_findings=[{"host": "a", "t": 70.0, "line": "Exception in ASGI application: RuntimeError"}],
+        rss={"a:1": [(float(t), 100_000 + (t * 200 if t > 50 else 0)) for t in range(0, 101)]},
+        end={"t": 200.0, "live": 5, "slots": 6, "slots_after_stop": 1, "seconds_to_zero": 40},
+        measured_from=0.0, measured_to=100.0,
+    )
+    found: dict[str, list[Violation]] = {}
+    for violation in check(record):
+        found.setdefault(violation.invariant, []).append(violation)
+    assert [v.t for v in found["connection_limit"]] == [50.0, 60.0]
+    assert len(found["slots_leak"]) == 2
+    assert [v.t for v in found["command_unanswered"]] == [30.0]
+    assert [v.t for v in found["event_missing"]] == [45.0]
+    assert [v.t for v in found["unavailable_outside_fault"]] == [50.0]
+    assert [v.t for v in found["log"]] == [70.0]
+    assert len(found["rss_growth"]) == 1
