@@ -2,7 +2,7 @@
 
 ``hubctl serve`` runs :func:`check` in its own process before uvicorn starts any worker, so a
 database that is unreachable or not migrated is one line and exit status 2, not a worker's
-traceback. Every worker checks the database again as it starts (:func:`verify_database`), which
+traceback. Every worker checks the database again as it starts (:func:`wait_for_database`), which
 covers plain ``uvicorn app.main:app`` too.
 
 Decisions:
@@ -24,18 +24,23 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import Settings
+from app.logs import get_logger
 from app.store.migrate import current_revision, schema_problem, upgrade
 
 DATABASE_TIMEOUT_SECONDS = 10.0
+WORKER_PATIENCE_SECONDS = 60.0
+
+log = get_logger("app.preflight")
 
 
 class StartupError(Exception):
     """The hub cannot start; ``str()`` is one line naming the setting and what to do.
-    ``migratable``: running the migrations would fix it."""
+    ``migratable``: running the migrations would fix it; ``unreachable``: waiting might."""
 
-    def __init__(self, message: str, *, migratable: bool = False) -> None:
+    def __init__(self, message: str, *, migratable: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.migratable = migratable
+        self.unreachable = unreachable
 
 
 def describe(exc: BaseException) -> str:
@@ -60,11 +65,37 @@ async def verify_database(engine: AsyncEngine, url: str) -> None:
             current = await current_revision(engine)
     except Exception as exc:  # any driver error: the operator needs its name, not a traceback
         raise StartupError(
-            f"HUB_DATABASE_URL: cannot reach the database at {safe_database_url(url)} ({describe(exc)})"
+            f"HUB_DATABASE_URL: cannot reach the database at {safe_database_url(url)} ({describe(exc)})",
+            unreachable=True,
         ) from None
     problem = schema_problem(current)
     if problem:
         raise StartupError(f"HUB_DATABASE_URL: {problem}", migratable="hubctl migrate" in problem)
+
+
+async def wait_for_database(
+    engine: AsyncEngine, url: str, *, patience: float = WORKER_PATIENCE_SECONDS
+) -> None:
+    """:func:`verify_database`, retried for up to ``patience`` seconds while the database does not
+    answer; a schema problem is raised at once.
+
+    For a worker: uvicorn stops the whole server when a worker it respawned (after a crash) fails to
+    start, so a worker that meets a database outage waits it out instead of taking every other
+    worker down with it. It does not serve meanwhile: without its bans and revocations it must not.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.5
+    while True:
+        try:
+            await verify_database(engine, url)
+            return
+        except StartupError as exc:
+            if not exc.unreachable or loop.time() + delay > deadline:
+                raise
+            log.warning("hub.waiting_for_database", reason=str(exc), retry_in=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def _sqlite_file_missing(url: str) -> bool:

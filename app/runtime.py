@@ -20,7 +20,7 @@ from app.handshake import Gatekeeper
 from app.hub import Hub
 from app.jwks import jwks_from_settings
 from app.logs import get_logger
-from app.preflight import verify_database
+from app.preflight import wait_for_database
 from app.revocations import Revocation, RevocationList
 from app.security_log import WORKER_ID, SecurityLog
 from app.session import Limits
@@ -76,10 +76,10 @@ class Runtime:
     async def start(self) -> None:
         """Open in order: store, event writer, engine, security state, background work.
 
-        Raises :class:`~app.preflight.StartupError` when the database is unreachable or not
-        migrated: without its bans and revocations the hub must not serve."""
+        Raises :class:`~app.preflight.StartupError` when the database is not migrated, or still
+        unreachable after a minute: without its bans and revocations the hub must not serve."""
         await self.store.open()
-        await verify_database(self.store.engine, self.settings.database_url)
+        await wait_for_database(self.store.engine, self.settings.database_url)
         self.events.start()
         self.engine.subscribe(self.on_control)
         self.engine.on_message(self.hub.on_engine_message)

@@ -165,3 +165,60 @@ def test_a_worker_under_plain_uvicorn_refuses_with_one_event(tmp_path: Path) -> 
     assert result.returncode != 0
     refused = [line for line in result.stderr.splitlines() if '"hub.refused_to_start"' in line]
     assert len(refused) == 1 and "`hubctl migrate`" in refused[0], result.stderr
+
+
+@pytest.mark.postgres
+async def test_a_worker_waits_for_a_database_that_comes_back(pg_database: str) -> None:
+    # uvicorn stops every worker when one it respawned fails to start: a worker meeting a database
+    # outage waits for it (without serving) instead. The database is reached through a relay that
+    # refuses connections for the first second and a half, as a restarting server would.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    await _migrate(pg_database)
+    real = make_url(pg_database)
+    port = free_port()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(real.host, real.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    async def open_later() -> asyncio.Server:
+        await asyncio.sleep(1.5)
+        return await asyncio.start_server(relay, "127.0.0.1", port)
+
+    url = real.set(port=port).render_as_string(hide_password=False)
+    engine = create_async_engine(url)
+    server_task = asyncio.create_task(open_later())
+    try:
+        with pytest.raises(preflight.StartupError) as refused:
+            await preflight.wait_for_database(engine, url, patience=0.5)
+        assert refused.value.unreachable
+        started = asyncio.get_running_loop().time()
+        await preflight.wait_for_database(engine, url, patience=30)
+        assert asyncio.get_running_loop().time() - started >= 0.5  # it did wait
+    finally:
+        (await server_task).close()
+        await engine.dispose()
+
+
+async def test_a_schema_problem_is_not_waited_for(tmp_path: Path) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    engine = create_async_engine(url)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(preflight.StartupError) as refused:
+            await preflight.wait_for_database(engine, url, patience=30)
+        assert refused.value.migratable and not refused.value.unreachable
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        await engine.dispose()
