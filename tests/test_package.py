@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import zipfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from tests.conftest import SECRET, redis_env
 from tests.support.client import attempt
 from tests.support.package import InstalledHub
-from tests.support.server import free_port
+from tests.support.server import free_port, wait_until_answering
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -69,14 +68,7 @@ async def test_installed_hub_migrates_serves_and_admits_a_client(
                                 cwd=elsewhere, env=installed_hub.env(**settings), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for _ in range(300):
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_until_answering(proc, f"http://127.0.0.1:{port}/readyz", what=log_path.read_text)
         outcome = await attempt(f"ws://127.0.0.1:{port}/ws/agent", token=token)
         assert outcome.accepted, (outcome, log_path.read_text())
         assert outcome.messages[0]["sub"] == "wheel-agent"

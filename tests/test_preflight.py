@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from app.store.migrate import head_revision, upgrade
 from tests.conftest import SECRET, make_token
 from tests.support.cli import ROOT, run_cli
 from tests.support.client import attempt
-from tests.support.server import free_port
+from tests.support.server import free_port, wait_until_answering
 
 PRODUCTION = {"HUB_ENV": "production", "HUB_JWT_SECRET": SECRET, "HUB_LOG_FORMAT": "json"}
 
@@ -92,25 +91,13 @@ def _serve(tmp_path: Path, port: int, **variables: str) -> subprocess.Popen[str]
     )
 
 
-def _wait_healthy(proc: subprocess.Popen[str], port: int) -> None:
-    for _ in range(400):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the hub did not come up")
-
-
 async def test_development_mode_migrates_sqlite_by_itself(
     tmp_path: Path, served: list[subprocess.Popen[str]]
 ) -> None:
     port = free_port()
     proc = _serve(tmp_path, port, HUB_ENV="development")
     served.append(proc)
-    _wait_healthy(proc, port)
+    wait_until_answering(proc, f"http://127.0.0.1:{port}/healthz")
     assert proc.stderr is not None
     assert "development mode: migrated" in proc.stderr.readline()
     with sqlite3.connect(tmp_path / "var" / "hub.db") as db:
@@ -126,7 +113,7 @@ async def test_unreachable_redis_is_one_warning_and_the_hub_fails_closed(
     proc = _serve(tmp_path, port, HUB_ENV="development",
                   HUB_REDIS_URL=f"redis://:pw-not-shown@127.0.0.1:{free_port()}/0")
     served.append(proc)
-    _wait_healthy(proc, port)
+    wait_until_answering(proc, f"http://127.0.0.1:{port}/healthz")
     assert proc.stderr is not None
     lines = [proc.stderr.readline(), proc.stderr.readline()]
     warning = next(line for line in lines if "HUB_REDIS_URL" in line)

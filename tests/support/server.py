@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_answering(
+    process: subprocess.Popen[bytes] | subprocess.Popen[str], url: str, timeout: float = 20.0,
+    what: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until ``url`` answers 200 (``/healthz``, ``/readyz``) from a server ``process`` started;
+    fail at once, with ``what()`` (its log), if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exited with {process.returncode}: {what()}"
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer in {timeout} s: {what()}")
 
 
 class HubProcess:
