@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -13,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import HTTPConnection
+from wsproto.utilities import LocalProtocolError
 
 from app import metrics
 from app.connections import Connection
@@ -68,19 +70,24 @@ async def refuse(connection: HTTPConnection, exc: Exception) -> Response | None:
     ``hub.v1`` and closed at once with the matching 44xx code and the code as reason."""
     assert isinstance(exc, HandshakeRefused)
     entry = spec(exc.code)
-    if isinstance(connection, WebSocket) and exc.subprotocol is not None and not (
-        exc.http_only or entry.http_only
-    ):
-        websocket = connection
-        await websocket.accept(subprotocol=exc.subprotocol)
-        await websocket.close(code=handshake_close_code(exc.code), reason=exc.code.value)
-        return None
     if exc.principal is not None:
         connection.state.admin_principal = exc.principal  # the actor, for the audit trail
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return JSONResponse(
+    response = JSONResponse(
         {"error": exc.code.value, "message": entry.message}, status_code=entry.status, headers=headers
     )
+    if not isinstance(connection, WebSocket):
+        return response
+    # Sent here, not returned: a client that is already gone (a reconnect storm, a drain) cannot
+    # be answered, and the server's WebSocket layer raises when told to; the refusal itself was
+    # decided and logged, so there is nothing left to do.
+    with contextlib.suppress(LocalProtocolError, OSError):
+        if exc.subprotocol is not None and not (exc.http_only or entry.http_only):
+            await connection.accept(subprotocol=exc.subprotocol)
+            await connection.close(code=handshake_close_code(exc.code), reason=exc.code.value)
+        else:
+            await connection.send_denial_response(response)
+    return None
 
 
 async def unavailable(connection: HTTPConnection, exc: Exception) -> Response:

@@ -242,3 +242,31 @@ async def test_binary_frame_closes_1003(hub: HubProcess) -> None:
             await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1003, "unsupported_data")
+
+
+@pytest.mark.parametrize("subprotocol", [None, "hub.v1"])
+async def test_a_refusal_to_a_client_already_gone_raises_nothing(subprotocol: str | None) -> None:
+    # Under a reconnect storm or a drain the client may vanish while its handshake is decided;
+    # the server's WebSocket layer then raises when told to answer (wsproto: "Connection cannot be
+    # rejected in state CLOSED"), which used to escape as "Exception in ASGI application".
+    from starlette.websockets import WebSocket
+    from wsproto.utilities import LocalProtocolError
+
+    from app.endpoints import refuse
+    from app.handshake import HandshakeRefused
+
+    sent: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(str(message["type"]))
+        raise LocalProtocolError("Connection cannot be rejected in state ConnectionState.CLOSED")
+
+    scope = {"type": "websocket", "path": "/ws/agent", "headers": [], "query_string": b"",
+             "extensions": {"websocket.http.response": {}}, "subprotocols": []}
+    websocket = WebSocket(scope, receive, send)  # type: ignore[arg-type]
+    answer = await refuse(websocket, HandshakeRefused(Code.TOKEN_INVALID, subprotocol=subprotocol))
+    assert answer is None
+    assert sent == ["websocket.accept" if subprotocol else "websocket.http.response.start"]
