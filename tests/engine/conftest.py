@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
@@ -54,9 +55,9 @@ def events() -> asyncio.Queue[ControlEvent]:
     return asyncio.Queue()
 
 
-@pytest.fixture
-async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFactory]:
-    """Start Redis engines on this test's prefix (workers of one cluster); closed after."""
+@asynccontextmanager
+async def _engines(default_url: str, prefix: str) -> AsyncIterator[RedisFactory]:
+    """A factory of Redis engines on ``prefix`` (workers of one cluster), closed at the end."""
     made: list[RedisEngine] = []
 
     async def make(
@@ -66,7 +67,7 @@ async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFacto
         inbox: asyncio.Queue[str] | None = None,
     ) -> RedisEngine:
         """``inbox``: routed messages land there (``on_message`` before ``start``)."""
-        engine = RedisEngine(url or redis_url, prefix=prefix, worker_id=worker_id)
+        engine = RedisEngine(url or default_url, prefix=prefix, worker_id=worker_id)
         made.append(engine)
         if handler is not None:
             engine.subscribe(handler)
@@ -75,9 +76,18 @@ async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFacto
         await engine.start()
         return engine
 
-    yield make
-    for engine in made:
-        await engine.close()
+    try:
+        yield make
+    finally:
+        for engine in made:
+            await engine.close()
+
+
+@pytest.fixture
+async def redis_factory(redis_url: str, prefix: str) -> AsyncIterator[RedisFactory]:
+    """Start Redis engines on this test's prefix (workers of one cluster); closed after."""
+    async with _engines(redis_url, prefix) as make:
+        yield make
 
 
 # Every engine the contract holds for: memory, and Redis on each topology.
@@ -98,26 +108,8 @@ def topology_url(request: pytest.FixtureRequest, topology: str) -> str:
 @pytest.fixture(params=[p for p in ENGINES if p != "memory"])
 async def any_redis_factory(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[RedisFactory]:
     """Like ``redis_factory``, on each topology in turn (single, cluster, Sentinel)."""
-    url = topology_url(request, request.param)
-    made: list[RedisEngine] = []
-
-    async def make(
-        worker_id: str = "w1",
-        handler: Callable[[ControlEvent], Awaitable[None]] | None = None,
-        inbox: asyncio.Queue[str] | None = None,
-    ) -> RedisEngine:
-        engine = RedisEngine(url, prefix=prefix, worker_id=worker_id)
-        made.append(engine)
-        if handler is not None:
-            engine.subscribe(handler)
-        if inbox is not None:
-            engine.on_message(_into(inbox))
-        await engine.start()
-        return engine
-
-    yield make
-    for engine in made:
-        await engine.close()
+    async with _engines(topology_url(request, request.param), prefix) as make:
+        yield make
 
 
 @pytest.fixture(params=ENGINES)
