@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Table, delete, insert, or_, select
+from sqlalchemy import Table, insert, or_, select
 
-from app.store.db import MAX_EVENT_LIMIT, PRUNE_CHUNK, Store, _aware, _clipped
+from app.store.db import MAX_EVENT_LIMIT, Store, _aware, _clipped, prune_rows
 from app.store.models import AdminAuditRow
 from app.store.records import AuditEntry, EventCursor
 
@@ -72,13 +72,4 @@ async def query_audit(
 
 async def prune_audit(store: Store, older_than: datetime) -> int:
     """Delete entries with ``at < older_than`` in chunks (short transactions); how many."""
-    cutoff = _aware("older_than", older_than)
-    c = _AUDIT.c
-    total = 0
-    while True:
-        chunk = select(c.id).where(c.at < cutoff).order_by(c.at).limit(PRUNE_CHUNK)
-        async with store.engine.begin() as conn:
-            result = await conn.execute(delete(_AUDIT).where(c.id.in_(chunk)))
-        total += result.rowcount
-        if result.rowcount < PRUNE_CHUNK:
-            return total
+    return await prune_rows(store.engine, _AUDIT, older_than)

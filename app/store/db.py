@@ -46,6 +46,21 @@ _BANS: Table = IpBanRow.__table__  # type: ignore[assignment]
 _REVOCATIONS: Table = RevocationRow.__table__  # type: ignore[assignment]
 
 
+async def prune_rows(engine: AsyncEngine, table: Table, older_than: datetime) -> int:
+    """Delete the rows of ``table`` (with ``id`` and ``at`` columns) whose ``at < older_than``, in
+    chunks of ``PRUNE_CHUNK``, each its own transaction so no lock is held for long; how many."""
+    cutoff = _aware("older_than", older_than)
+    c = table.c
+    total = 0
+    while True:
+        chunk = select(c.id).where(c.at < cutoff).order_by(c.at).limit(PRUNE_CHUNK)
+        async with engine.begin() as conn:
+            result = await conn.execute(delete(table).where(c.id.in_(chunk)))
+        total += result.rowcount
+        if result.rowcount < PRUNE_CHUNK:
+            return total
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -380,16 +395,7 @@ class Store:
     async def prune_events(self, older_than: datetime) -> int:
         """Delete events with ``at < older_than``; returns how many. Deletes in chunks of
         ``PRUNE_CHUNK`` rows, each its own transaction, so no lock is held for long."""
-        cutoff = _aware("older_than", older_than)
-        c = _EVENTS.c
-        total = 0
-        while True:
-            chunk = select(c.id).where(c.at < cutoff).order_by(c.at).limit(PRUNE_CHUNK)
-            async with self.engine.begin() as conn:
-                result = await conn.execute(delete(_EVENTS).where(c.id.in_(chunk)))
-            total += result.rowcount
-            if result.rowcount < PRUNE_CHUNK:
-                return total
+        return await prune_rows(self.engine, _EVENTS, older_than)
 
     async def prune_expired(self, now: datetime | None = None) -> tuple[int, int]:
         """Delete expired bans and revocations; returns (bans, revocations) deleted."""
