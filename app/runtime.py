@@ -14,7 +14,14 @@ from app.bans import BanList
 from app.config import Settings
 from app.connections import Registry
 from app.control import ControlService
-from app.engine import ControlEvent, Engine, EngineUnavailable, HistoryPolicy, create_engine
+from app.engine import (
+    ConnectionInfo,
+    ControlEvent,
+    Engine,
+    EngineUnavailable,
+    HistoryPolicy,
+    create_engine,
+)
 from app.errors import Code
 from app.handshake import Gatekeeper
 from app.hub import Hub
@@ -183,7 +190,9 @@ class Runtime:
                 continue
             lease_seconds = self.settings.connection_lease_seconds
             try:
-                await self.engine.renew(leases, lease_seconds=lease_seconds)
+                self._close_over_limit(await self.engine.renew(
+                    leases, lease_seconds=lease_seconds,
+                    max_connections=self.settings.max_connections_per_user))
                 await self.engine.renew_agents(
                     self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
                 )
@@ -191,6 +200,17 @@ class Runtime:
                 log.warning("engine.renew_failed", connections=len(leases))
             except Exception:
                 log.exception("engine.renew_error")
+
+    def _close_over_limit(self, refused: list[ConnectionInfo]) -> None:
+        """Close the connections whose slot lapsed and was taken by others meanwhile (an outage
+        longer than a lease): the user is at the limit without them, and the limit wins."""
+        for info in refused:
+            conn = self.registry.get(info.conn_id)
+            if conn is None:
+                continue
+            log.warning("ws.closed_over_limit", conn_id=info.conn_id, sub=info.sub,
+                        tenant=info.tenant or None, endpoint=info.endpoint)
+            conn.close(Code.CONNECTION_LIMIT)
 
     async def _record_floods(self) -> None:
         """Record the counted refusals of flood windows that have ended (see app.flood)."""

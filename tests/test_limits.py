@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from app.engine._redis_client import tag
 from tests.conftest import make_token, redis_env
 from tests.support.client import attempt
 from tests.support.peer import Peer
@@ -90,6 +92,48 @@ async def test_killed_worker_gives_its_slots_back_within_the_lease(start_hub: St
         assert outcome.code == "connection_limit"
         assert time.monotonic() - killed_at < 3 + 1.5, "slots not back within the lease"
         await asyncio.sleep(0.2)
+
+
+async def test_a_lapsed_slot_is_not_revived_past_the_limit(start_hub: StartHub, redis_url: str) -> None:
+    """Slots that lapse while their connections stay open (Redis lost them, or a partition outlived
+    the lease) are taken again only within the limit: whichever of the renewal and the new
+    handshakes comes first, the user ends with two open connections, the others closed 4429."""
+    env = redis_env(redis_url, HUB_CONNECTION_LEASE_SECONDS="3", HUB_MAX_CONNECTIONS_PER_USER="2")
+    a, b = start_hub(env, name="a"), start_hub(env, name="b")
+    on_a = [await _open(a, "lapse-user") for _ in range(2)]
+    client = redis.Redis.from_url(redis_url)
+    user_keys = f"{env['HUB_REDIS_PREFIX']}:{{u:{tag('lapse-user')}}}"
+    # Both keys gone at once: Redis lost them, or renewals could not get through for a lease.
+    assert client.delete(f"{user_keys}:slots", f"{user_keys}:info") == 2
+    outcomes = [await attempt_hold(b, "lapse-user") for _ in range(2)]
+    on_b = [peer for peer in outcomes if peer is not None]
+    # Within a renewal (a third of the lease): exactly two stay open, whichever they are.
+    await asyncio.sleep(1.5 + 0.5)
+    alive, closed = [], []
+    for peer in on_a + on_b:
+        try:
+            await peer.send(type="ping", id="alive")
+            await peer.expect("pong", timeout=2, ref="alive")
+            alive.append(peer)
+        except websockets.ConnectionClosed as exc:
+            assert exc.rcvd is not None and (exc.rcvd.code, exc.rcvd.reason) == (4429, "connection_limit")
+            closed.append(peer)
+    assert len(alive) == 2, f"{len(alive)} open connections for a limit of 2"
+    assert len(closed) == len(on_b), "only lapsed connections are closed, never newly admitted ones"
+    assert client.zcard(f"{user_keys}:slots") == 2
+    if closed:
+        assert "ws.closed_over_limit" in a.log_text()
+    for peer in alive:
+        await peer.close()
+
+
+async def attempt_hold(server: HubProcess, sub: str) -> Peer | None:
+    """A connection held open, or None if the handshake was refused ``connection_limit``."""
+    try:
+        return await _open(server, sub)
+    except InvalidStatus as exc:
+        assert json.loads(exc.response.body)["error"] == "connection_limit"
+        return None
 
 
 async def test_user_rate_limit_with_retry_after(start_hub: StartHub, redis_url: str) -> None:

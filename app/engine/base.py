@@ -148,10 +148,15 @@ class Engine(Protocol):
         """Live connections on every worker (expired leases left out): all of them, or only those
         of ``sub`` and/or of ``tenant`` (None: any)."""
 
-    async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
+    async def renew(
+        self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
+    ) -> list[ConnectionInfo]:
         """Extend the leases of this worker's live connections. A live connection whose slot is
         gone (its lease ran out during a Redis outage, or Redis lost its data) gets it back, with
-        its info, even past ``max_connections``: a connection that is open is counted."""
+        its info, only while its user holds fewer than ``max_connections`` live slots (live
+        slots are extended first; atomic per user). Returns the connections that could not get
+        their slot back: other connections took the user's slots meanwhile, and the caller
+        closes these (``connection_limit``) so that the limit holds cluster-wide."""
 
     async def count_connections(self, sub: str, *, tenant: str = "") -> int:
         """Live (unexpired) slots of the user (``tenant``, ``sub``)."""

@@ -228,24 +228,37 @@ class MemoryEngine(DelegatedMessaging):
             )
         return sort_connections(rows)
 
-    async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
+    async def renew(
+        self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
+    ) -> list[ConnectionInfo]:
         now = self._clock()
         expiry = now + lease_seconds
-        revived = 0
+        gone: list[ConnectionInfo] = []
         for info in connections:
             user = (info.tenant, info.sub)
             slots = self._live_slots(user, now)
-            # A connection that is open is counted: a slot whose lease ran out (the loop stalled
-            # past the lease) is taken again, even past max_connections, and its info with it.
-            if info.conn_id not in slots:
-                revived += 1
-            slots[info.conn_id] = expiry
             self._slots[user] = slots
-            # A stored info is kept (a re-admission may have replaced it); a missing one is set.
-            self._info.setdefault(user, {}).setdefault(info.conn_id, info)
-        if revived:
-            log.warning("engine.leases_revived", count=revived)
+            if info.conn_id in slots:
+                slots[info.conn_id] = expiry
+                # A stored info is kept (a re-admission may have replaced it); a missing one is set.
+                self._info.setdefault(user, {}).setdefault(info.conn_id, info)
+            else:
+                gone.append(info)
+        # Live slots first; a lapsed one (the loop stalled past the lease) is taken again only
+        # within the limit: another connection may have been admitted in its place.
+        refused: list[ConnectionInfo] = []
+        for info in gone:
+            user = (info.tenant, info.sub)
+            slots = self._slots[user]
+            if len(slots) >= max_connections:
+                refused.append(info)
+                continue
+            slots[info.conn_id] = expiry
+            self._info.setdefault(user, {})[info.conn_id] = info
+        if len(gone) > len(refused):
+            log.warning("engine.leases_revived", count=len(gone) - len(refused))
             self._after_insert()
+        return refused
 
     async def count_connections(self, sub: str, *, tenant: str = "") -> int:
         user = (tenant, sub)

@@ -313,25 +313,31 @@ class RedisEngine(DelegatedMessaging):
                 break
         return sorted(keys)
 
-    async def renew(self, connections: Iterable[ConnectionInfo], *, lease_seconds: int) -> None:
-        by_user: defaultdict[tuple[str, str], list[str | int]] = defaultdict(list)
+    async def renew(
+        self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
+    ) -> list[ConnectionInfo]:
+        by_user: defaultdict[tuple[str, str], list[ConnectionInfo]] = defaultdict(list)
         for info in connections:
-            by_user[(info.tenant, info.sub)] += [info.conn_id, _info_json(info)]
+            by_user[(info.tenant, info.sub)].append(info)
         if not by_user:
-            return
-        calls: list[_Call] = [
-            (
-                [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)],
-                [lease_seconds, *args],
-            )
-            for (tenant, sub), args in by_user.items()
-        ]
+            return []
+        calls: list[_Call] = []
+        for (tenant, sub), infos in by_user.items():
+            args: list[str | int] = [lease_seconds, max_connections]
+            for info in infos:
+                args += [info.conn_id, _info_json(info)]
+            calls.append(([self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)], args))
         try:
             # One script per user (one hash slot each), all in one pipelined round trip.
             replies = await self._run_many("renew", calls)
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis renew: {type(exc).__name__}: {exc}") from exc
         _log_revived("engine.leases_revived", replies)
+        refused: list[ConnectionInfo] = []
+        for infos, reply in zip(by_user.values(), replies, strict=True):
+            lost = {text(conn_id) for conn_id in reply[2:]}
+            refused += [info for info in infos if info.conn_id in lost]
+        return refused
 
     async def count_connections(self, sub: str, *, tenant: str = "") -> int:
         keys = [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)]

@@ -55,7 +55,7 @@ async def test_a_user_is_the_pair_tenant_and_sub(engine: Engine) -> None:
     await engine.release("shared", "c-a", tenant="a")
     assert await engine.count_connections("shared", tenant="a") == 0
     assert await engine.count_connections("shared", tenant="b") == 1
-    await engine.renew([info("b", "c-b"), info("", "c-")], lease_seconds=30)
+    await engine.renew([info("b", "c-b"), info("", "c-")], lease_seconds=30, max_connections=10)
     assert sorted(c.tenant for c in await engine.list_connections("shared")) == ["", "b"]
 
 
@@ -99,7 +99,7 @@ async def test_renew_keeps_a_slot_past_its_first_lease(engine: Engine, advance: 
     assert await engine.admit_user("bob", "c0", **limits) == Admitted()
     assert await engine.admit_user("alice", "c1", **limits) == Admitted()
     await advance(0.6)
-    await engine.renew([conn("alice", "c0"), conn("bob", "c0")], lease_seconds=1)
+    await engine.renew([conn("alice", "c0"), conn("bob", "c0")], lease_seconds=1, max_connections=10)
     await advance(0.6)
     # Past the first lease: the renewed slots live, the one not renewed is gone.
     assert await engine.count_connections("alice") == 1
@@ -107,30 +107,53 @@ async def test_renew_keeps_a_slot_past_its_first_lease(engine: Engine, advance: 
     await advance(0.6)
     # No renewal came (a killed worker): the lease ran out.
     assert await engine.count_connections("alice") == 0
-    await engine.renew([], lease_seconds=1)
+    await engine.renew([], lease_seconds=1, max_connections=10)
 
 
 async def test_renew_revives_an_open_connection_whose_lease_ran_out(
     engine: Engine, advance: Advance
 ) -> None:
-    limits = {**LIMITS, "max_connections": 1, "lease_seconds": 1}
+    limits = {**LIMITS, "max_connections": 2, "lease_seconds": 1}
     open_conn = conn("alice", "open", at=1)
     assert await engine.admit_user("alice", "open", **limits, info=open_conn) == Admitted()
     # Renewals could not get through for longer than the lease (an outage): the slot is gone...
     await advance(1.1)
     assert await engine.count_connections("alice") == 0
     assert await engine.list_connections("alice") == []
-    # ...and meanwhile another connection took the only slot.
+    # ...and meanwhile another connection took one of the two slots.
     newer = conn("alice", "newer", at=2)
     assert await engine.admit_user("alice", "newer", **limits, info=newer) == Admitted()
-    # The connection is still open: the next renewal counts it again, even past the maximum.
-    await engine.renew([open_conn], lease_seconds=30)
+    # The connection is still open and there is room: the next renewal counts it again.
+    assert await engine.renew([open_conn], lease_seconds=30, max_connections=2) == []
     assert await engine.count_connections("alice") == 2
     assert await engine.list_connections("alice") == [open_conn, newer]
     assert await engine.admit_user("alice", "third", **limits) == Refused(Code.CONNECTION_LIMIT)
     # Renewing a live slot again takes no second slot.
-    await engine.renew([open_conn], lease_seconds=30)
+    assert await engine.renew([open_conn], lease_seconds=30, max_connections=2) == []
     assert await engine.count_connections("alice") == 2
+
+
+async def test_renew_never_revives_a_slot_past_the_limit(engine: Engine, advance: Advance) -> None:
+    limits = {**LIMITS, "max_connections": 2, "lease_seconds": 1}
+    first, second = conn("alice", "first", at=1), conn("alice", "second", at=2)
+    for row in (first, second):
+        assert await engine.admit_user("alice", row.conn_id, **limits, info=row) == Admitted()
+    # An outage longer than the lease on this worker; other workers admitted two in their place.
+    await advance(1.1)
+    others = [conn("alice", "o1", at=3), conn("alice", "o2", at=4)]
+    for row in others:
+        assert await engine.admit_user("alice", row.conn_id, **limits, info=row) == Admitted()
+    # Both lapsed connections are handed back for closing: the user stays at two.
+    refused = await engine.renew([first, second], lease_seconds=30, max_connections=2)
+    assert refused == [first, second]
+    assert await engine.count_connections("alice") == 2
+    assert {row.conn_id for row in await engine.list_connections("alice")} == {"o1", "o2"}
+    # One of the others leaves: one lapsed connection fits again, live slots counted first.
+    await engine.release("alice", "o1")
+    assert await engine.renew([first, second, *others[1:]], lease_seconds=30,
+                              max_connections=2) == [second]
+    assert await engine.count_connections("alice") == 2
+    assert {row.conn_id for row in await engine.list_connections("alice")} == {"first", "o2"}
 
 
 async def test_renew_revives_a_slot_of_a_user_with_no_state_left(
@@ -139,7 +162,7 @@ async def test_renew_revives_a_slot_of_a_user_with_no_state_left(
     assert await engine.admit_user("bob", "c0", **{**LIMITS, "lease_seconds": 1}) == Admitted()
     await advance(1.1)
     # Every key of bob is gone (on Redis they expired); renewing still brings the slot back.
-    await engine.renew([conn("bob", "c0"), conn("carol", "c9")], lease_seconds=1)
+    await engine.renew([conn("bob", "c0"), conn("carol", "c9")], lease_seconds=1, max_connections=10)
     assert await engine.count_connections("bob") == 1
     assert await engine.count_connections("carol") == 1
     assert await engine.list_connections("bob") == [conn("bob", "c0")]

@@ -66,7 +66,7 @@ async def test_info_expires_with_its_lease_unless_renewed(engine: Engine, advanc
     for row in (kept, dead):
         assert await engine.admit_user("alice", row.conn_id, **limits, info=row) == Admitted()
     await advance(0.6)
-    await engine.renew([kept], lease_seconds=1)
+    await engine.renew([kept], lease_seconds=1, max_connections=10)
     await advance(0.6)
     # The worker of "dead" stopped renewing (killed): its connection is no longer listed.
     assert await engine.list_connections("alice") == [kept]
@@ -84,16 +84,16 @@ async def test_renew_brings_an_expired_connection_back_with_its_info(
         assert await engine.admit_user(row.sub, row.conn_id, **limits, info=row) == Admitted()
     await advance(1.1)
     assert await engine.list_connections() == []
-    await engine.renew([a0, b0], lease_seconds=30)
+    await engine.renew([a0, b0], lease_seconds=30, max_connections=10)
     assert await engine.list_connections("alice") == [a0]
     assert await engine.list_connections() == [a0, b0]
     # A slot admitted without info gets the renewed one and is listed from then on.
     assert await engine.admit_user("carol", "c0", **LIMITS) == Admitted()
     c0 = info("carol", "c0", at=3)
-    await engine.renew([c0], lease_seconds=30)
+    await engine.renew([c0], lease_seconds=30, max_connections=10)
     assert await engine.list_connections() == [a0, b0, c0]
     # A stored info is kept: a renewal does not overwrite what a re-admission set.
-    await engine.renew([info("alice", "c0", at=9, endpoint="/ws/agent")], lease_seconds=30)
+    await engine.renew([info("alice", "c0", at=9, endpoint="/ws/agent")], lease_seconds=30, max_connections=10)
     assert await engine.list_connections("alice") == [a0]
 
 

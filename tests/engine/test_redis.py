@@ -139,7 +139,7 @@ async def test_redis_outage_fails_closed_fast_and_recovers_without_restart(
             lambda: engine.admit_user("alice", "c1", **LIMITS),
             lambda: engine.count_connections("alice"),
             lambda: engine.record_auth_failure("10.0.0.1", threshold=5, window=60, ban_seconds=60),
-            lambda: engine.renew([_conn("alice", "c0")], lease_seconds=30),
+            lambda: engine.renew([_conn("alice", "c0")], lease_seconds=30, max_connections=10),
             lambda: engine.publish(ControlEvent("kick", {"sub": "alice"})),
         ):
             started = time.monotonic()

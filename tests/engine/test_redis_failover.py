@@ -57,7 +57,7 @@ async def test_scripts_and_messaging_come_back_after_a_primary_is_killed(
     # Then the pipelined renewal (split by node, NOSCRIPT on the promoted replica) gets through.
     while True:
         try:
-            await w1.renew(rows, lease_seconds=30)
+            await w1.renew(rows, lease_seconds=30, max_connections=10)
             break
         except EngineUnavailable:
             assert time.monotonic() - killed_at < RECOVERY_SECONDS, "no recovery"
@@ -92,7 +92,7 @@ async def test_batched_scripts_are_reloaded_on_every_node_that_lost_them(
     for node in cluster.primaries():
         assert cli(node.port, "SCRIPT", "FLUSH") == "OK"
     # One pipeline split over three nodes, each answering NOSCRIPT: loaded everywhere, re-sent.
-    await engine.renew(rows, lease_seconds=30)
+    await engine.renew(rows, lease_seconds=30, max_connections=10)
     assert await engine.list_connections() == rows
     for node in cluster.primaries():
         assert cli(node.port, "SCRIPT", "FLUSH") == "OK"

@@ -53,7 +53,7 @@ async def test_info_and_presence_are_cluster_wide_and_a_killed_worker_fades(
     # w2 is killed: it renews nothing any more; w1 keeps renewing its own.
     for _ in range(3):
         await asyncio.sleep(0.45)
-        await w1.renew([alive], lease_seconds=1)
+        await w1.renew([alive], lease_seconds=1, max_connections=10)
         await w1.renew_agents([("acme", "a1", "c1")], lease_seconds=1)
     assert await w1.list_connections() == [alive]
     assert await w1.list_connections("alice") == [alive]
@@ -203,7 +203,7 @@ async def test_one_round_trip_per_hub_call(
         (lambda: engine.admit_user("alice", "c1", **LIMITS, info=row), b"EVALSHA"),
         # One user is (tenant, sub): without a tenant, a sub is looked for in every tenant (SCAN).
         (lambda: engine.list_connections("alice", tenant=""), b"EVALSHA"),
-        (lambda: engine.renew([row, bob], lease_seconds=30), b"EVALSHA"),
+        (lambda: engine.renew([row, bob], lease_seconds=30, max_connections=10), b"EVALSHA"),
         (lambda: engine.release("alice", "c1"), b"EVALSHA"),
         (lambda: engine.agent_online("acme", "a1", "c1", lease_seconds=30), b"EVALSHA"),
         (lambda: engine.locate_agent("acme", "a1"), b"EVALSHA"),
@@ -231,13 +231,13 @@ async def test_pipelined_scripts_survive_a_redis_restart(
     own_server.stop()
     own_server.start()  # empty: no scripts loaded, NOSCRIPT on the first EVALSHA
     assert await engine.admit_user("alice", "c1", **LIMITS, info=row) == Admitted()
-    await engine.renew([row], lease_seconds=30)
+    await engine.renew([row], lease_seconds=30, max_connections=10)
     assert await engine.agent_online("acme", "a1", "c1", lease_seconds=30) is True
     own_server.stop()
     own_server.start()
     # Restarted without persistence: the renewals write back what the connection still holds.
     await engine.renew_agents([("acme", "a1", "c1")], lease_seconds=30)
-    await engine.renew([row], lease_seconds=30)
+    await engine.renew([row], lease_seconds=30, max_connections=10)
     assert await engine.list_connections() == [row]
     assert await engine.locate_agent("acme", "a1") == ("w1", "c1")
 
@@ -265,9 +265,9 @@ async def test_renewals_rebuild_slots_info_and_presence_after_redis_lost_its_dat
     assert await w1.admit_user("alice", "c3", **limits, info=c) == Admitted()
 
     with capture_logs() as logs:
-        await w1.renew([a], lease_seconds=30)
+        await w1.renew([a], lease_seconds=30, max_connections=10)
         await w1.renew_agents([("acme", "a1", "c1"), ("acme", "a2", "c1")], lease_seconds=30)
-        await w2.renew([b], lease_seconds=30)
+        await w2.renew([b], lease_seconds=30, max_connections=10)
         await w2.renew_agents([("acme", "a1", "c2")], lease_seconds=30)
     assert [e["event"] for e in logs].count("engine.leases_revived") == 2
     assert [e["event"] for e in logs].count("engine.presence_revived") == 2
@@ -315,5 +315,5 @@ async def test_everyone_is_listed_whichever_node_holds_them(any_redis_factory: R
     for row in rows:
         assert await w1.admit_user(row.sub, row.conn_id, **LIMITS, info=row) == Admitted()
     assert await w1.list_connections() == rows
-    await w1.renew(rows, lease_seconds=30)  # one pipeline, split by node on a cluster
+    await w1.renew(rows, lease_seconds=30, max_connections=10)  # one pipeline, split by node on a cluster
     assert await w1.list_connections() == rows
