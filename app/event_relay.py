@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 NO_HISTORY = History("", 0)
 # A seq past any real one: reading after it returns only the epoch and the last seq.
 HEAD = 2**62
+# Agents whose last numbers a worker remembers (the least recently publishing are forgotten).
+LAST_NUMBERS_KEPT = 65_536
 # agent_id -> cursor, of one dashboard connection.
 Cursors = dict[str, Cursor]
 
@@ -49,11 +51,20 @@ class EventRelay:
     def __init__(self, engine: Engine, policy: HistoryPolicy) -> None:
         self._engine = engine
         self._policy = policy
+        # (tenant, agent_id) -> the (epoch, seq) this worker last got, newest last: lets the
+        # engine start a new epoch when a failover took numbers already given out.
+        self._last: dict[tuple[str, str], tuple[str, int]] = {}
 
     async def publish(self, tenant: str, agent_id: str, payload: JsonValue) -> None:
         """Number, keep and publish one event. Raises EngineUnavailable."""
         stored = json.dumps(payload, separators=(",", ":"))
-        epoch, seq = await self._engine.append_event(tenant, agent_id, stored, policy=self._policy)
+        key = (tenant, agent_id)
+        epoch, seq = await self._engine.append_event(
+            tenant, agent_id, stored, policy=self._policy, last=self._last.get(key))
+        self._last.pop(key, None)
+        self._last[key] = (epoch, seq)
+        if len(self._last) > LAST_NUMBERS_KEPT:
+            del self._last[next(iter(self._last))]
         await self._engine.publish_agent(tenant, agent_id, json.dumps(
             {"k": "event", "t": tenant, "a": agent_id, "e": epoch, "s": seq, "p": payload}))
 

@@ -227,13 +227,17 @@ class Engine(Protocol):
     # Event history (missed events recovered on reconnect). ---------------------------------------
 
     async def append_event(
-        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy
+        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy,
+        last: tuple[str, int] | None = None,
     ) -> tuple[str, int]:
         """Give the agent's next event its ``(epoch, seq)`` and keep ``payload`` (JSON text) in the
         agent's history, trimmed to ``policy``. One atomic step: the numbers of one agent's events
         are 1, 2, 3... with no gap or repeat on every worker, and an event is held before its
         number is returned (so before it is published). A new epoch starts when the agent's
-        history was lost (never kept, expired, or Redis lost its data). Raises EngineUnavailable."""
+        history was lost (never kept, expired, or Redis lost its data), or when its counter is below
+        ``last``, the ``(epoch, seq)`` the caller got for the agent's previous event under the
+        same epoch (a failover lost the latest increments): no number is given twice under one
+        epoch. Raises EngineUnavailable."""
 
     async def read_history(
         self, tenant: str, after: dict[str, int], *, policy: HistoryPolicy

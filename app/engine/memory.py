@@ -360,8 +360,10 @@ class MemoryEngine(DelegatedMessaging):
     # -- event history -----------------------------------------------------------------------
 
     async def append_event(
-        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy
+        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy,
+        last: tuple[str, int] | None = None,
     ) -> tuple[str, int]:
+        # One process's memory cannot lose a number it gave: ``last`` never matters here.
         return self._history.append(tenant, agent_id, payload, policy)
 
     async def read_history(

@@ -420,10 +420,13 @@ class RedisEngine(DelegatedMessaging):
     # -- event history ------------------------------------------------------------------------
 
     async def append_event(
-        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy
+        self, tenant: str, agent_id: str, payload: str, *, policy: HistoryPolicy,
+        last: tuple[str, int] | None = None,
     ) -> tuple[str, int]:
+        known_epoch, known_seq = last or ("", 0)
         args: list[str | int] = [
             secrets.token_hex(8), policy.size, policy.seconds, META_TTL_SECONDS, payload,
+            known_epoch, known_seq,
         ]
         # Not batched (see _run_many); a retry of the same call is answered, not appended, again.
         epoch, seq = await self._run("append_event", self.history_keys(tenant, agent_id), args)

@@ -83,6 +83,27 @@ async def test_workers_share_one_sequence_and_a_lost_history_gets_a_new_epoch(
 
 
 @pytest.mark.redis
+async def test_a_counter_that_went_back_starts_a_new_epoch(any_redis_factory: RedisFactory) -> None:
+    engine = await any_redis_factory("w1")
+    last = None
+    for n in range(3):
+        last = await engine.append_event("", "ag", str(n), policy=POLICY, last=last)
+    epoch = last[0]
+    assert last == (epoch, 3)
+    # A failover lost the last increment (asynchronous replication): the promoted replica says 2.
+    meta, _ = engine.history_keys("", "ag")
+    await engine._client.hset(meta, "s", 2)
+    # Told what it gave out last, the engine never gives 3 again under the same epoch...
+    fresh = await engine.append_event("", "ag", "after", policy=POLICY, last=last)
+    assert fresh[0] != epoch and fresh[1] == 1
+    assert (await engine.read_history("", {"ag": 0}, policy=POLICY))["ag"] == History(
+        fresh[0], 1, ((1, "after"),))
+    # ...and a caller whose numbers are behind (another worker) changes nothing.
+    assert await engine.append_event("", "ag", "next", policy=POLICY, last=(fresh[0], 1)) == (fresh[0], 2)
+    assert await engine.append_event("", "ag", "old", policy=POLICY, last=(epoch, 9)) == (fresh[0], 3)
+
+
+@pytest.mark.redis
 async def test_history_keys_are_in_one_slot_and_expire(any_redis_factory: RedisFactory) -> None:
     engine = await any_redis_factory("w1")
     meta, stream = engine.history_keys("t{1}", "a}{:*")

@@ -9,8 +9,12 @@
 -- ARGV[3]  history seconds (older events are trimmed)
 -- ARGV[4]  seconds the epoch and counter outlive the last event
 -- ARGV[5]  the payload (JSON text)
+-- ARGV[6], ARGV[7]  the epoch and seq the caller last got for this agent ("" and 0: none)
 --
 -- Returns {epoch, seq}. Atomic: seqs of one agent are 1, 2, 3... whichever worker appends.
+-- A counter below a number the caller already got under the same epoch has lost writes (a
+-- failover with asynchronous replication): a new epoch starts, so that no number is given twice
+-- under one epoch (dashboards would drop the second event as a duplicate).
 -- The same call run again right after (the client's retry of a reply lost with its connection)
 -- gets the same answer and appends nothing.
 -- Stream ids are Redis time (ms), so MINID trims by age on the same clock as TIME.
@@ -22,10 +26,13 @@ local epoch = redis.call('HGET', KEYS[1], 'e')
 if epoch and redis.call('HGET', KEYS[1], 'n') == ARGV[1] then
   return {epoch, tonumber(redis.call('HGET', KEYS[1], 'ns'))}
 end
+if epoch and epoch == ARGV[6] and tonumber(redis.call('HGET', KEYS[1], 's') or 0) < tonumber(ARGV[7]) then
+  epoch = false
+end
 if not epoch then
   -- A new history: whatever the stream still holds belongs to the lost one.
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
   redis.call('DEL', KEYS[2])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
