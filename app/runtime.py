@@ -30,6 +30,7 @@ from app.tokens import TokenVerifier
 log = get_logger("app.runtime")
 FLOOD_CHECK_SECONDS = 1.0
 CUT_SESSIONS_SECONDS = 2.0
+RENEW_RETRY_SECONDS = 2.0
 
 
 class Runtime:
@@ -187,28 +188,39 @@ class Runtime:
         log.info("hub.stopped", worker=self.worker_id, closed=closing)
 
     async def _renew_leases(self) -> None:
+        """Every third of a lease: renew this worker's connection and presence leases, then
+        sweep presence. Each step is bounded by half an interval, and a failed renewal is tried
+        again after RENEW_RETRY_SECONDS: during a partition one Redis call can take many of its
+        1 s timeouts to fail (each sentinel asked in turn, then retried), and a renewal that
+        waited behind the sweep and such calls let a healthy worker's leases run out after a
+        12 s partition, so other workers admitted users past the limit (found by the soak)."""
         interval = max(1.0, self.settings.connection_lease_seconds / 3)
+        lease_seconds = self.settings.connection_lease_seconds
+        wait = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            wait = interval
+            leases = self.registry.leases(self.worker_id)
+            if leases:
+                try:
+                    async with asyncio.timeout(interval / 2):
+                        await self.engine.renew(leases, lease_seconds=lease_seconds)
+                        await self.engine.renew_agents(
+                            self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
+                        )
+                except (EngineUnavailable, TimeoutError):
+                    log.warning("engine.renew_failed", connections=len(leases))
+                    wait = min(interval, RENEW_RETRY_SECONDS)
+                    continue
+                except Exception:
+                    log.exception("engine.renew_error")
             try:
-                await self.hub.sweep()
-            except EngineUnavailable:
+                async with asyncio.timeout(interval / 2):
+                    await self.hub.sweep()
+            except (EngineUnavailable, TimeoutError):
                 log.warning("engine.presence_sweep_failed")
             except Exception:
                 log.exception("engine.presence_sweep_error")
-            leases = self.registry.leases(self.worker_id)
-            if not leases:
-                continue
-            lease_seconds = self.settings.connection_lease_seconds
-            try:
-                await self.engine.renew(leases, lease_seconds=lease_seconds)
-                await self.engine.renew_agents(
-                    self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
-                )
-            except EngineUnavailable:
-                log.warning("engine.renew_failed", connections=len(leases))
-            except Exception:
-                log.exception("engine.renew_error")
 
     async def _record_floods(self) -> None:
         """Record the counted refusals of flood windows that have ended (see app.flood)."""
