@@ -213,11 +213,11 @@ class Slot:
         client: SoakAgent | SoakDashboard
         if self.kind == "agent":
             client = SoakAgent(self._urls(), lambda: self.token(client), on_command=self._answer,
-                               backoff=backoff, open_timeout=10)
+                               backoff=backoff, open_timeout=self.runner.spec.get("open_timeout", 10))
             client.refused = self.runner.event_refusals
         else:
             client = SoakDashboard(self._urls(), lambda: self.token(client), backoff=backoff,
-                                   open_timeout=10)
+                                   open_timeout=self.runner.spec.get("open_timeout", 10))
             client.last_seen, client.recovery = {}, {}
             client.refused = self.runner.event_refusals
         client.stats, client.sub = self.runner.stats, self.sub

@@ -58,6 +58,10 @@ class Config:
     command_seconds: float
     token_ttl: int
     refresh_warning: int
+    patience: float
+    """Clients' handshake timeout and reconnect backoff cap: a full run on this shared machine
+    answers handshakes in seconds while it ramps; clients that gave up at 10 s and retried
+    sooner than that doubled the work until nothing completed (the first 11:46 run)."""
     loopback: bool = False
 
     @classmethod
@@ -68,7 +72,7 @@ class Config:
         return cls(seconds=seconds, connections=connections, out=out, loopback=loopback,
                    warmup=15 if short else 120, churn_seconds=25 if short else 300,
                    event_seconds=4 if short else 30, command_seconds=5 if short else 30,
-                   token_ttl=75 if short else 180, refresh_warning=60)
+                   token_ttl=75 if short else 180, refresh_warning=60, patience=10 if short else 30)
 
 
 class Soak:
@@ -173,7 +177,7 @@ class Soak:
                 "groups": groups[n::processes], "token_ttl": c.token_ttl,
                 "ramp_seconds": max(5.0, c.warmup * 0.8), "churn_seconds": c.churn_seconds,
                 "event_seconds": c.event_seconds, "command_seconds": c.command_seconds,
-                "command_timeout": 20.0, "backoff_cap": 10.0,
+                "command_timeout": 20.0, "backoff_cap": c.patience, "open_timeout": c.patience,
             }
             path = self.workdir / f"clients-{n}.json"
             path.write_text(json.dumps(spec))
