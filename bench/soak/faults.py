@@ -45,9 +45,9 @@ async def drain_hub(soak: Soak) -> Fault:
     hub = soak.hubs[-1]
     start = time.time()
     code = await asyncio.to_thread(hub.drain)
-    await asyncio.to_thread(hub.start)
+    back = await asyncio.to_thread(hub.restart)
     return Fault("SIGTERM drain of a hub host", "drain", hub.host.name, start, time.time(),
-                 f"exit code {code}; restarted")
+                 f"exit code {code}; {'restarted' if back else 'NOT restarted'}")
 
 
 async def kill_redis_primary(soak: Soak) -> Fault:
