@@ -71,6 +71,8 @@ class _Pending:
     worker: str
     conn_id: str
     expires_at: float
+    ref: Any = None
+    """The operator's message id of the command, echoed in an error about it."""
 
 
 @dataclass(slots=True)
@@ -157,6 +159,7 @@ class Hub:
     async def disconnected(self, conn: Connection) -> None:
         state = conn.attributes.get("hub")
         if isinstance(state, _Agent):
+            await self._abandon(state)
             if await self._engine.agent_offline(state.tenant, conn.sub, conn.conn_id):
                 try:
                     await self._presence(state.tenant, conn.sub, "offline")
@@ -164,6 +167,20 @@ class Hub:
                     metrics.ENGINE_ERRORS.labels("presence").inc()
         elif isinstance(state, _Dashboard):
             await self._set_watching(conn, state, frozenset())
+
+    async def _abandon(self, state: _Agent) -> None:
+        """The agent left with commands it had not answered: their operators get
+        ``agent_offline`` now instead of nothing (the soak found commands unanswered for good
+        when an agent closed right after a command reached it)."""
+        pending, state.pending = list(state.pending.items()), OrderedDict()
+        for command_id, p in pending:
+            try:
+                await self._engine.send_to_worker(p.worker, json.dumps({
+                    "k": "error", "c": p.conn_id, "code": Code.AGENT_OFFLINE.value,
+                    "m": "the agent disconnected before answering", "ref": p.ref, "id": command_id,
+                }))
+            except EngineUnavailable:
+                metrics.ENGINE_ERRORS.labels("route").inc()
 
     def presence_leases(self, conns: list[Connection]) -> list[tuple[str, str, str]]:
         return [(s.tenant, c.sub, c.conn_id) for c in conns
@@ -338,7 +355,8 @@ class Hub:
             }))
             return
         now = time.time()
-        state.pending[envelope["id"]] = _Pending(envelope["rw"], envelope["rc"], now + self._command_ttl)
+        state.pending[envelope["id"]] = _Pending(envelope["rw"], envelope["rc"], now + self._command_ttl,
+                                                 envelope.get("ref"))
         state.prune(now)
         conn.send(encode(CommandDelivery(command_id=envelope["id"], from_=envelope["from"],
                                          payload=envelope["p"])))

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from app import metrics
 from app.admin import router as admin_router
@@ -29,6 +30,7 @@ from app.handshake import HandshakeRefused
 from app.logs import configure_logging, get_logger, install_redaction
 from app.preflight import StartupError
 from app.runtime import Runtime
+from app.shutdown import SessionTracker
 
 log = get_logger("app.main")
 
@@ -73,6 +75,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     # Outside the exception handlers: the audit trail records the final answer, refusals too.
     app.add_middleware(AuditMiddleware)
+    # Outermost: the drain waits for sessions to finish, and a session the server cuts at the end
+    # of its shutdown timeout is not an exception in the log (app/shutdown.py).
+    app.add_middleware(SessionTracker, sessions=_sessions)
     app.include_router(ws_router)
     app.include_router(admin_router)
     app.include_router(console_router)
@@ -104,6 +109,11 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     return app
+
+
+def _sessions(scope: Scope) -> Runtime | None:
+    runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
+    return runtime
 
 
 def _uvicorn_workers() -> int:

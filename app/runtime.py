@@ -36,6 +36,8 @@ from app.tokens import TokenVerifier
 
 log = get_logger("app.runtime")
 FLOOD_CHECK_SECONDS = 1.0
+CUT_SESSIONS_SECONDS = 2.0
+RENEW_RETRY_SECONDS = 2.0
 
 
 class Runtime:
@@ -79,6 +81,14 @@ class Runtime:
         )
         self.log = get_logger("app.ws")
         self._tasks: list[asyncio.Task[None]] = []
+        # Kept by app.shutdown.SessionTracker: accepted sessions not yet finished, and those the
+        # server cut at the end of its graceful-shutdown timeout.
+        self.sessions_open = 0
+        self.sessions_cut = 0
+
+    @property
+    def draining(self) -> bool:
+        return self.gatekeeper.draining
 
     async def start(self) -> None:
         """Open in order: store, event writer, engine, security state, background work.
@@ -112,16 +122,20 @@ class Runtime:
                         if self.settings.auth_report_only_until else None,
                         over=time.time() >= until)
 
-    async def drain(self) -> int:
+    async def drain(self, grace: float | None = None) -> int:
         """Refuse new handshakes, close every connection with 1012 ``service_restart`` and wait
-        (at most ``shutdown_grace_seconds``) until they are gone and their slots released."""
+        (at most ``grace``, by default ``shutdown_grace_seconds``) until their sessions have
+        finished, slots and presence released (not only left the registry: uvicorn cancels what
+        is still running when its own timeout, the same length, runs out)."""
         self.gatekeeper.draining = True
         closing = list(self.registry)
         for conn in closing:
             conn.close(Code.SERVICE_RESTART)
-        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_seconds
+        wait = self.settings.shutdown_grace_seconds if grace is None else grace
+        deadline = asyncio.get_running_loop().time() + wait
         # Polled once per shutdown, for at most the grace period: an Event would buy nothing.
-        while len(self.registry) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        while (len(self.registry) or self.sessions_open > 0) and (  # noqa: ASYNC110
+                asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.02)
         return len(closing)
 
@@ -158,7 +172,9 @@ class Runtime:
 
     async def stop(self) -> None:
         """Drain (if the signal path did not already), then stop background work."""
-        closing = await self.drain()
+        # After the signal path's drain, only sessions the server just cut may still be
+        # releasing their slots: give them a moment with the engine still open, not a grace.
+        closing = await self.drain(CUT_SESSIONS_SECONDS if self.gatekeeper.draining else None)
         current = asyncio.current_task()
         for task in self._tasks:
             if task is current:
@@ -173,33 +189,47 @@ class Runtime:
         await self.engine.close()
         await self.events.stop()
         await self.store.close()
+        if self.sessions_cut:
+            log.warning("hub.sessions_cut", worker=self.worker_id, cut=self.sessions_cut,
+                        reason="still running when the graceful-shutdown timeout ran out")
         log.info("hub.stopped", worker=self.worker_id, closed=closing)
 
     async def _renew_leases(self) -> None:
+        """Every third of a lease: renew this worker's connection and presence leases, then
+        sweep presence. Each step is bounded by half an interval, and a failed renewal is tried
+        again after RENEW_RETRY_SECONDS: during a partition one Redis call can take many of its
+        1 s timeouts to fail (each sentinel asked in turn, then retried), and a renewal that
+        waited behind the sweep and such calls let a healthy worker's leases run out after a
+        12 s partition, so other workers admitted users past the limit (found by the soak)."""
         interval = max(1.0, self.settings.connection_lease_seconds / 3)
+        lease_seconds = self.settings.connection_lease_seconds
+        wait = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            wait = interval
+            leases = self.registry.leases(self.worker_id)
+            if leases:
+                try:
+                    async with asyncio.timeout(interval / 2):
+                        self._close_over_limit(await self.engine.renew(
+                            leases, lease_seconds=lease_seconds,
+                            max_connections=self.settings.max_connections_per_user))
+                        await self.engine.renew_agents(
+                            self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
+                        )
+                except (EngineUnavailable, TimeoutError):
+                    log.warning("engine.renew_failed", connections=len(leases))
+                    wait = min(interval, RENEW_RETRY_SECONDS)
+                    continue
+                except Exception:
+                    log.exception("engine.renew_error")
             try:
-                await self.hub.sweep()
-            except EngineUnavailable:
+                async with asyncio.timeout(interval / 2):
+                    await self.hub.sweep()
+            except (EngineUnavailable, TimeoutError):
                 log.warning("engine.presence_sweep_failed")
             except Exception:
                 log.exception("engine.presence_sweep_error")
-            leases = self.registry.leases(self.worker_id)
-            if not leases:
-                continue
-            lease_seconds = self.settings.connection_lease_seconds
-            try:
-                self._close_over_limit(await self.engine.renew(
-                    leases, lease_seconds=lease_seconds,
-                    max_connections=self.settings.max_connections_per_user))
-                await self.engine.renew_agents(
-                    self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
-                )
-            except EngineUnavailable:
-                log.warning("engine.renew_failed", connections=len(leases))
-            except Exception:
-                log.exception("engine.renew_error")
 
     def _close_over_limit(self, refused: list[ConnectionInfo]) -> None:
         """Close the connections whose slot lapsed and was taken by others meanwhile (an outage

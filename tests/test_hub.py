@@ -180,3 +180,18 @@ async def test_command_to_an_offline_agent(pair: tuple[HubProcess, HubProcess]) 
     await dash.send(type="command", id="o", agent_id="nobody-here", payload=None)
     assert (await dash.expect("error", ref="o"))["error"] == "agent_offline"
     await dash.close()
+
+
+async def test_an_agent_that_leaves_with_a_command_unanswered_is_reported_offline(
+    pair: tuple[HubProcess, HubProcess],
+) -> None:
+    a, b = pair
+    agent = await _agent(b, "agent-leaves")
+    dash = await _dashboard(a, "op-leaves")
+    await dash.send(type="command", id="l1", agent_id="agent-leaves", payload=None)
+    await dash.expect("command.accepted", ref="l1")
+    await agent.expect("command")
+    await agent.close()
+    # Not left waiting for a result that cannot come (the soak found such commands).
+    assert (await dash.expect("error", ref="l1"))["error"] == "agent_offline"
+    await dash.close()

@@ -54,19 +54,36 @@ def test_short_soak_holds_every_invariant(tmp_path: Path) -> None:
 def test_the_invariants_catch_what_they_are_for() -> None:
     """The checks themselves, on a record with one breach of each: none may pass silently."""
     fault = Fault("kill", "redis_primary_kill", "redis", 100.0, 110.0)
+    drain = Fault("drain", "drain", "b", 150.0, 155.0)
     record = Record(
-        limit=10, faults=[fault],
+        limit=10, faults=[fault, drain],
         ticks=[{"t": 50.0, "refusals": {"unavailable": 2}, "max_slots_per_user": 11},
                {"t": 105.0, "refusals": {"unavailable": 5}}],
         over_limit=[{"t": 60.0, "sub": "u", "live": 11}],
         gaps=[{"agent": "a", "missing": 1, "from": 40.0, "to": 45.0, "dashboard_reconnected": False},
               {"agent": "a", "missing": 3, "from": 104.0, "to": 106.0, "dashboard_reconnected": False},
-              {"agent": "b", "missing": 2, "from": 40.0, "to": 45.0, "dashboard_reconnected": True}],
+              # Across a dashboard's reconnect: the history said it covered them, outside any fault
+              # (a violation); inside a Redis failover (lost before the history had them: allowed);
+              # history lost (`recovered: false`) inside the fault: allowed; outside: a violation.
+              {"agent": "b", "missing": 2, "from": 40.0, "to": 47.0, "dashboard_reconnected": True,
+               "agent_reconnected": False, "recovered": True},
+              {"agent": "b", "missing": 2, "from": 104.0, "to": 106.0, "dashboard_reconnected": True,
+               "agent_reconnected": False, "recovered": True},
+              {"agent": "c", "missing": 1, "from": 104.0, "to": 106.0, "dashboard_reconnected": True,
+               "agent_reconnected": False, "recovered": False},
+              {"agent": "c", "missing": 1, "from": 170.0, "to": 172.0, "dashboard_reconnected": True,
+               "agent_reconnected": False, "recovered": False},
+              # A drain loses no kept event: only an event the hub refused (the agent was told).
+              {"agent": "d", "missing": 1, "from": 151.0, "to": 153.0, "dashboard_reconnected": True,
+               "agent_reconnected": False, "recovered": True, "agent_refused": True},
+              {"agent": "e", "missing": 1, "from": 151.0, "to": 153.0, "dashboard_reconnected": True,
+               "agent_reconnected": False, "recovered": True, "agent_refused": False}],
         command_timeouts=[30.0, 105.0],
         log_findings=[{"host": "a", "t": 70.0, "line": "Exception in ASGI application: RuntimeError"}],
-        rss={"a:1": [(float(t), 100_000 + (t * 200 if t > 50 else 0)) for t in range(0, 101)]},
+        # Judged from the second half once the faults settled (+165 s), where it grows.
+        rss={"a:1": [(float(t), 100_000 + (t * 400 if t > 150 else 0)) for t in range(0, 201)]},
         end={"t": 200.0, "live": 5, "slots": 6, "slots_after_stop": 1, "seconds_to_zero": 40},
-        measured_from=0.0, measured_to=100.0,
+        measured_from=0.0, measured_to=200.0,
     )
     found: dict[str, list[Violation]] = {}
     for violation in check(record):
@@ -75,6 +92,7 @@ def test_the_invariants_catch_what_they_are_for() -> None:
     assert len(found["slots_leak"]) == 2
     assert [v.t for v in found["command_unanswered"]] == [30.0]
     assert [v.t for v in found["event_missing"]] == [45.0]
+    assert [v.t for v in found["event_not_recovered"]] == [47.0, 153.0, 172.0]
     assert [v.t for v in found["unavailable_outside_fault"]] == [50.0]
     assert [v.t for v in found["log"]] == [70.0]
     assert len(found["rss_growth"]) == 1

@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection
 
 from app.tokens import mint
 from hubclient import AgentClient, Backoff, DashboardClient, HubError, JsonValue
-from hubclient.messages import EventDelivery, ServerMessage, Welcome
+from hubclient.messages import Error, EventDelivery, ServerMessage, Subscribed, Welcome
 
 log = logging.getLogger("soak.clients")
 
@@ -57,6 +57,9 @@ class Stats:
     over_limit: list[dict[str, Any]] = field(default_factory=list)
     timeouts: list[float] = field(default_factory=list)
     """When each command that got neither result nor error was sent."""
+    recovered: Counter[str] = field(default_factory=Counter)
+    """Answers to the automatic resubscribe after a reconnect, per agent named in ``since``:
+    ``true`` (the history covered what was missed) or ``false`` (lost for good)."""
 
     def tick(self) -> dict[str, Any]:
         worst = max(self.live.values(), default=0)
@@ -70,11 +73,11 @@ class Stats:
             "max_per_user": worst, "handshakes": self.handshakes, "latencies_ms": self.latencies_ms,
             "refusals": dict(self.refusals), "commands": dict(self.commands), "events": self.events,
             "refreshes": self.refreshes, "gaps": self.gaps, "over_limit": self.over_limit,
-            "command_timeouts": self.timeouts,
+            "command_timeouts": self.timeouts, "recovered": dict(self.recovered),
         }
         self.handshakes = self.events = self.refreshes = 0
         self.latencies_ms, self.gaps, self.over_limit, self.timeouts = [], [], [], []
-        self.refusals, self.commands = Counter(), Counter()
+        self.refusals, self.commands, self.recovered = Counter(), Counter(), Counter()
         return line
 
 
@@ -121,6 +124,9 @@ class _Tracked:
 
 class SoakAgent(_Tracked, AgentClient):
     kind = "agent"
+    refused: dict[str, list[float]]
+    """agent_id -> when the hub answered one of its events ``unavailable`` (the event is lost
+    before it was numbered and kept; the agent was told): shared with the process' dashboards."""
 
     async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
         self._track_welcome()
@@ -129,12 +135,21 @@ class SoakAgent(_Tracked, AgentClient):
     def _on_disconnect(self, lost: Any) -> None:
         self._track_disconnect()
         super()._on_disconnect(lost)
+
+    def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
+        if isinstance(message, Error) and message.error == "unavailable":
+            self.refused.setdefault(self.sub, []).append(time.time())
+        super()._handle(ws, message)
 
 
 class SoakDashboard(_Tracked, DashboardClient):
     kind = "dashboard"
     last_seen: dict[str, tuple[int, int, int, float]]
     """agent_id -> (event number, agent session, own session, arrival time) of the last event."""
+    refused: dict[str, list[float]]
+    recovery: dict[str, bool]
+    """agent_id -> ``recovered`` of the resubscribe on the current session (hubclient sends it
+    after every reconnect with the last position seen of each agent: ``since``)."""
 
     async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
         self._track_welcome()
@@ -142,7 +157,14 @@ class SoakDashboard(_Tracked, DashboardClient):
 
     def _on_disconnect(self, lost: Any) -> None:
         self._track_disconnect()
+        self.recovery.clear()
         super()._on_disconnect(lost)
+
+    def _note_subscribed(self, message: Subscribed) -> None:
+        for agent, ok in message.recovered.items():
+            self.recovery[agent] = ok
+            self.stats.recovered[str(ok).lower()] += 1
+        super()._note_subscribed(message)
 
     def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
         if isinstance(message, EventDelivery) and isinstance(message.payload, dict):
@@ -163,6 +185,10 @@ class SoakDashboard(_Tracked, DashboardClient):
             "agent": agent_id, "missing": n - previous[0] - 1, "from": previous[3], "to": now,
             "dashboard_reconnected": previous[2] != self.sessions,
             "agent_reconnected": previous[1] != agent_session,
+            # After a reconnect: what the hub answered for this agent's `since` (None: not asked).
+            "recovered": self.recovery.get(agent_id) if previous[2] != self.sessions else None,
+            # The hub answered one of the agent's events `unavailable` meanwhile (told, not lost).
+            "agent_refused": any(previous[3] - 1 <= t <= now for t in self.refused.get(agent_id, ())),
         })
 
 
@@ -187,11 +213,13 @@ class Slot:
         client: SoakAgent | SoakDashboard
         if self.kind == "agent":
             client = SoakAgent(self._urls(), lambda: self.token(client), on_command=self._answer,
-                               backoff=backoff, open_timeout=10)
+                               backoff=backoff, open_timeout=self.runner.spec.get("open_timeout", 10))
+            client.refused = self.runner.event_refusals
         else:
             client = SoakDashboard(self._urls(), lambda: self.token(client), backoff=backoff,
-                                   open_timeout=10)
-            client.last_seen = {}
+                                   open_timeout=self.runner.spec.get("open_timeout", 10))
+            client.last_seen, client.recovery = {}, {}
+            client.refused = self.runner.event_refusals
         client.stats, client.sub = self.runner.stats, self.sub
         client.live, client.attempt_started = False, 0.0
         return client
@@ -260,6 +288,7 @@ class Runner:
         self.stopping = False
         self.quiesced = False
         self.clients: set[AgentClient | DashboardClient] = set()
+        self.event_refusals: dict[str, list[float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Any) -> None:

@@ -45,9 +45,9 @@ async def drain_hub(soak: Soak) -> Fault:
     hub = soak.hubs[-1]
     start = time.time()
     code = await asyncio.to_thread(hub.drain)
-    await asyncio.to_thread(hub.start)
+    back = await asyncio.to_thread(hub.restart)
     return Fault("SIGTERM drain of a hub host", "drain", hub.host.name, start, time.time(),
-                 f"exit code {code}; restarted")
+                 f"exit code {code}; {'restarted' if back else 'NOT restarted'}")
 
 
 async def kill_redis_primary(soak: Soak) -> Fault:
@@ -63,11 +63,11 @@ async def partition(soak: Soak) -> Fault:
         return _skipped("partition hub host <-> Redis", "partition", host.name)
     link = soak.redis_links[host.name]
     start = time.time()
-    link.partition(True)
+    await link.partition(True)
     try:
         await asyncio.sleep(PARTITION_SECONDS)
     finally:
-        link.partition(False)
+        await link.partition(False)
     return Fault("partition hub host <-> Redis", "partition", host.name, start, time.time(),
                  f"{PARTITION_SECONDS:.0f} s, traffic held both ways")
 
@@ -76,26 +76,22 @@ async def latency(soak: Soak) -> Fault:
     if soak.hubs[0].host.netns is None:
         return _skipped("20 ms on the Redis link", "latency", "all")
     start = time.time()
-    for link in soak.redis_links.values():
-        link.set_delay(LATENCY_MS_EACH_WAY)
+    await asyncio.gather(*(link.set_delay(LATENCY_MS_EACH_WAY) for link in soak.redis_links.values()))
     try:
         await asyncio.sleep(LATENCY_SECONDS)
     finally:
-        for link in soak.redis_links.values():
-            link.set_delay(0)
+        await asyncio.gather(*(link.set_delay(0) for link in soak.redis_links.values()))
     return Fault("20 ms on the Redis link", "latency", "all", start, time.time(),
                  f"{LATENCY_MS_EACH_WAY * 2:.0f} ms added per round trip, both hosts")
 
 
 async def database_down(soak: Soak) -> Fault:
     start = time.time()
-    for link in soak.db_links.values():
-        link.refuse(True)
+    await asyncio.gather(*(link.refuse(True) for link in soak.db_links.values()))
     try:
         await asyncio.sleep(DB_OUTAGE_SECONDS)
     finally:
-        for link in soak.db_links.values():
-            link.refuse(False)
+        await asyncio.gather(*(link.refuse(False) for link in soak.db_links.values()))
     return Fault("database unreachable", "database", "all", start, time.time(),
                  f"{DB_OUTAGE_SECONDS:.0f} s, connections reset and refused")
 

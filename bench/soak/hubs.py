@@ -19,6 +19,9 @@ from bench.servers import ServerProcess, children, cmdline
 from bench.soak.hosts import Host
 
 HUB_PORT = 8000
+RESTART_TIMEOUT_SECONDS = 120.0
+"""How long a drained host may take to come back: it waits (by design) for a database that a
+concurrent fault took away, on a machine that may be starved; a 30 s limit aborted a whole run."""
 
 
 class HostedHub(ServerProcess):
@@ -77,6 +80,23 @@ class HostedHub(ServerProcess):
         except subprocess.TimeoutExpired:
             self.stop()
             return None
+
+    def restart(self, timeout: float = RESTART_TIMEOUT_SECONDS) -> bool:
+        """Start the host again after a drain; True once it answers with all its workers. The
+        soak goes on either way (a host that did not come back is the fault's finding)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            if self._healthy() and len(self.worker_pids()) == self.workers:
+                return True
+            time.sleep(0.2)
+        return False
 
     def metric(self, name: str) -> float | None:
         """The sum of a metric's samples from this host's ``/metrics`` (``None``: no answer)."""

@@ -66,6 +66,8 @@ class Record:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     command_timeouts: list[float] = field(default_factory=list)
     """When each command that got neither its result nor an error was sent."""
+    recovered: dict[str, int] = field(default_factory=dict)
+    """``recovered`` answers to the resubscribes after reconnects, agents counted: "true"/"false"."""
     log_findings: list[dict[str, Any]] = field(default_factory=list)
     log_errors: dict[str, int] = field(default_factory=dict)
     """Error-level log events by name, handled ones included (for the report)."""
@@ -140,17 +142,60 @@ def unanswered_in_faults(record: Record) -> int:
 
 
 def events_delivered(record: Record) -> list[Violation]:
-    """Events go missing only inside fault windows, or while the dashboard itself was
-    reconnecting (recovering those is the continuity feature's job: reported, not judged here)."""
+    """Events go missing on a live dashboard session only inside fault windows (gaps across the
+    dashboard's own reconnect are :func:`events_recovered`'s)."""
     found = []
     for gap in record.gaps:
         if gap["dashboard_reconnected"]:
             continue
-        if any(f.overlaps(gap["from"], gap["to"], grace=_event_grace(f)) for f in record.faults):
+        if _in_fault(record.faults, gap):
             continue
         found.append(Violation("event_missing", gap["to"],
                                f"{gap['missing']} event(s) of {gap['agent']} lost on a live session"))
     return found
+
+
+# Faults during which an event can be lost before the history holds it (published while Redis was
+# unreachable, or with the writes a killed primary had not replicated).
+HISTORY_FAULTS = frozenset({"redis_primary_kill", "partition"})
+
+
+def events_recovered(record: Record) -> list[Violation]:
+    """Events a dashboard missed while it reconnected were recovered where the history covers them.
+
+    hubclient resubscribes after every reconnect with ``since`` (the last position it saw of each
+    agent) and the hub replays what it missed, so a gap across a reconnect is allowed only when
+    it is explained:
+
+    - the agent reconnected too: the events were sent into a connection that died with a fault,
+      and the hub never had them (judged as on a live session: inside a fault window);
+    - the hub answered ``recovered: false`` (history lost: a new epoch after a Redis failover):
+      inside a fault window;
+    - otherwise the history said it covered them: only a fault that loses events before they
+      reach the history excuses the gap: a Redis primary kill or partition, or any fault during
+      which the hub answered one of the agent's events ``unavailable`` (the agent was told).
+    """
+    found = []
+    for gap in record.gaps:
+        if not gap["dashboard_reconnected"]:
+            continue
+        if gap.get("agent_reconnected") or gap.get("recovered") is False:
+            if _in_fault(record.faults, gap):
+                continue
+            why = "its agent reconnected too" if gap.get("agent_reconnected") else "recovered: false"
+        else:
+            if _in_fault(record.faults, gap, None if gap.get("agent_refused") else HISTORY_FAULTS):
+                continue
+            why = "recovered: true" if gap.get("recovered") else "no recovery answer"
+        found.append(Violation("event_not_recovered", gap["to"],
+                               f"{gap['missing']} event(s) of {gap['agent']} missing after the "
+                               f"dashboard reconnected ({why}), outside any fault that explains it"))
+    return found
+
+
+def _in_fault(faults: Iterable[Fault], gap: dict[str, Any], kinds: frozenset[str] | None = None) -> bool:
+    return any(f.overlaps(gap["from"], gap["to"], grace=_event_grace(f))
+               for f in faults if kinds is None or f.kind in kinds)
 
 
 # Replication is asynchronous: a primary killed with unreplicated writes takes the last increments
@@ -179,19 +224,20 @@ def clean_logs(record: Record) -> list[Violation]:
             for f in record.log_findings]
 
 
-def rss_flat(record: Record) -> list[Violation]:
-    """Every worker alive over the whole second half grew less than 5% across it (medians of its
-    first and last five samples there, so that one busy second does not count)."""
+def rss_window(record: Record) -> tuple[float, float]:
+    """Where RSS must be flat: the second half of the run, from the moment the last fault has
+    settled (a worker taking over a drained host's clients grows by their sessions: not a leak;
+    in a long run the faults end well before the second half, in the short one they do not)."""
     half = record.measured_from + (record.measured_to - record.measured_from) / 2
+    settled = max((f.end + RECOVERY_SECONDS for f in record.faults if not f.skipped), default=half)
+    return max(half, settled), record.measured_to
+
+
+def rss_flat(record: Record) -> list[Violation]:
+    """Every worker alive over the whole of :func:`rss_window` grew less than 5% across it
+    (medians of its first and last five samples there, so that one busy second does not count)."""
     found = []
-    for label, samples in record.rss.items():
-        if not samples or samples[0][0] > half or samples[-1][0] < record.measured_to - 2:
-            continue  # not alive for the whole second half (killed, drained, or respawned late)
-        second = [kib for t, kib in samples if half <= t <= record.measured_to]
-        if len(second) < 10:
-            continue
-        first, last = statistics.median(second[:5]), statistics.median(second[-5:])
-        growth = (last - first) / first
+    for label, growth, first, last in _growth(record):
         if growth >= RSS_GROWTH_LIMIT:
             found.append(Violation("rss_growth", record.measured_to,
                                    f"{label}: {first / 1024:.0f} -> {last / 1024:.0f} MiB (+{growth:.1%})"))
@@ -199,18 +245,25 @@ def rss_flat(record: Record) -> list[Violation]:
 
 
 def rss_growth(record: Record) -> dict[str, float]:
-    """Per worker checked by :func:`rss_flat`, its growth over the second half (for the report)."""
-    half = record.measured_from + (record.measured_to - record.measured_from) / 2
-    growth = {}
+    """Per worker checked by :func:`rss_flat`, its growth over the window (for the report)."""
+    return {label: growth for label, growth, _, _ in _growth(record)}
+
+
+def _growth(record: Record) -> list[tuple[str, float, float, float]]:
+    low, high = rss_window(record)
+    found = []
     for label, samples in record.rss.items():
-        second = [kib for t, kib in samples if half <= t <= record.measured_to]
-        if samples and samples[0][0] <= half and len(second) >= 10:
-            first, last = statistics.median(second[:5]), statistics.median(second[-5:])
-            growth[label] = (last - first) / first
-    return growth
+        if not samples or samples[0][0] > low or samples[-1][0] < high - 2:
+            continue  # not alive for the whole window (killed, drained, or respawned late)
+        window = [kib for t, kib in samples if low <= t <= high]
+        if len(window) < 10:
+            continue
+        first, last = statistics.median(window[:5]), statistics.median(window[-5:])
+        found.append((label, (last - first) / first, first, last))
+    return found
 
 
-CHECKS = (connection_limit, slots_match, commands_answered, events_delivered,
+CHECKS = (connection_limit, slots_match, commands_answered, events_delivered, events_recovered,
           unavailable_only_in_redis_faults, clean_logs, rss_flat)
 
 

@@ -10,7 +10,8 @@ these proxies, so they are where link faults happen:
 - ``refuse``: every open connection is reset and new ones are closed at once (a host down).
 
 A :class:`LinkProxy` serves one or more listening sockets (created by the caller, possibly inside
-another network namespace) towards one fixed upstream each.
+another network namespace) towards one fixed upstream each. The soak runs each in a process of its
+own (:mod:`bench.soak.links`): a process may hold 20,000 descriptors here, two per connection.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class LinkProxy:
         self._healed.set()
         self._servers: list[asyncio.Server] = []
         self._pairs: set[_Pair] = set()
+        self.peak_pairs = 0
+        """The most connections open through this proxy at once (two descriptors each)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, listening: socket.socket, upstream: tuple[str, int]) -> None:
@@ -105,6 +108,7 @@ class LinkProxy:
             return
         pair = _Pair(writer, up_writer)
         self._pairs.add(pair)
+        self.peak_pairs = max(self.peak_pairs, len(self._pairs))
         try:
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
         finally:

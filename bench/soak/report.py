@@ -12,22 +12,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.soak.invariants import CHECKS, Record, Violation, rss_growth, unanswered_in_faults
-
-RECOVERY_NOTE = (
-    "not checked yet: recovering missed events needs event history with seq/epoch and "
-    "`subscribe` with `since` (the continuity feature); the hook is `events_recovered` in "
-    "bench/soak/report.py and the gaps it would judge are counted above"
-)
+from bench.soak.invariants import CHECKS, Record, Violation, rss_growth, rss_window, unanswered_in_faults
 
 TITLES = {
     "connection_limit": "no user above the limit (clients count each second, Redis slots every 2 s)",
     "slots_match": "nothing leaked: slots = live sessions at the end, none a lease after the clients left",
     "commands_answered": "every command sent outside a fault answered (result or clear error)",
-    "events_delivered": "events missing only inside fault windows (or while the dashboard reconnected)",
+    "events_delivered": "events missing on a live dashboard session only inside fault windows",
+    "events_recovered": "events missed across a dashboard's reconnect recovered (`since`) where the history "
+                        "covers them; the rest only inside fault windows",
     "unavailable_only_in_redis_faults": "`unavailable` only in Redis faults or a drain (+10 s recovery)",
     "clean_logs": "no 500, no unhandled exception in any hub log",
-    "rss_flat": "every worker's RSS grew < 5% over the second half",
+    "rss_flat": "every worker's RSS grew < 5% over the second half (once the last fault settled)",
 }
 
 
@@ -54,7 +50,10 @@ def summary(record: Record, violations: list[Violation], meta: dict[str, Any]) -
         "gaps_while_dashboard_reconnected": sum(g["missing"] for g in record.gaps
                                                 if g["dashboard_reconnected"]),
         "gaps_on_live_sessions": sum(g["missing"] for g in record.gaps if not g["dashboard_reconnected"]),
-        "events_recovered": RECOVERY_NOTE,
+        "resubscribes_recovered": record.recovered.get("true", 0),
+        "resubscribes_not_recovered": record.recovered.get("false", 0),
+        "gaps_after_reconnect_recovered_false": sum(
+            g["missing"] for g in record.gaps if g["dashboard_reconnected"] and g.get("recovered") is False),
         "commands_unanswered_in_faults": unanswered_in_faults(record),
         "error_log_events": record.log_errors,
         "rss_growth_second_half": {k: round(v, 4) for k, v in rss_growth(record).items()},
@@ -66,6 +65,7 @@ def summary(record: Record, violations: list[Violation], meta: dict[str, Any]) -
 def by_invariant_count(check_name: str, by_invariant: Counter[str]) -> int:
     names = {"connection_limit": "connection_limit", "slots_match": "slots_leak",
              "commands_answered": "command_unanswered", "events_delivered": "event_missing",
+             "events_recovered": "event_not_recovered",
              "unavailable_only_in_redis_faults": "unavailable_outside_fault", "clean_logs": "log",
              "rss_flat": "rss_growth"}
     return by_invariant.get(names[check_name], 0)
@@ -100,12 +100,16 @@ def markdown(record: Record, violations: list[Violation], s: dict[str, Any]) -> 
         f"| events received | {s['events_received']} |",
         f"| commands | {_counts(s['commands'])} |",
         f"| handshakes refused, by code | {_counts(s['refusals'])} |",
-        f"| events missed while the dashboard reconnected | {s['gaps_while_dashboard_reconnected']} |",
+        f"| events missed across a dashboard's reconnect (not replayed) | "
+        f"{s['gaps_while_dashboard_reconnected']} |",
         f"| events missed on live sessions (inside fault windows) | {s['gaps_on_live_sessions']} |",
         f"| commands sent inside a fault window and never answered (finding) | "
         f"{s['commands_unanswered_in_faults']} |",
         f"| error-level hub log events (handled) | {_counts(s['error_log_events'])} |",
-        f"| events recovered | {s['events_recovered']} |", "",
+        f"| resubscribes after a reconnect (`since`), per agent: recovered / not | "
+        f"{s['resubscribes_recovered']} / {s['resubscribes_not_recovered']} |",
+        f"| events missed across a reconnect, history lost (`recovered: false`) | "
+        f"{s['gaps_after_reconnect_recovered_false']} |", "",
         "## Faults", "", "| fault | host | start | end | detail |", "| --- | --- | --- | --- | --- |",
     ]
     for f in record.faults:
@@ -118,7 +122,9 @@ def markdown(record: Record, violations: list[Violation], s: dict[str, Any]) -> 
     if violations:
         lines += ["", "## Violations", ""]
         lines += [f"- +{v.t - t0:.0f} s `{v.invariant}`: {v.detail}" for v in violations[:100]]
-    lines += ["", "## Worker memory (RSS growth over the second half)", ""]
+    low, high = rss_window(record)
+    lines += ["", f"## Worker memory (RSS growth from +{low - t0:.0f} s to +{high - t0:.0f} s: the second "
+              "half, after the last fault settled)", ""]
     lines += [f"- {label}: {growth:+.1%}" for label, growth in s["rss_growth_second_half"].items()]
     lines += ["", "## Notes", ""] + [f"- {note}" for note in s["notes"]]
     lines += ["", "![timeline](soak.png)", ""]

@@ -34,7 +34,7 @@ from bench.soak import hosts as hostmod
 from bench.soak.faults import Step, plan
 from bench.soak.hubs import HUB_PORT, HostedHub
 from bench.soak.invariants import HANDLED, Fault, Record
-from bench.soak.proxy import LinkProxy
+from bench.soak.links import LinkGroup, LinkProcess, raise_descriptor_limit
 from bench.soak.redis_group import SoakRedis
 
 # A server where the soak may create (and drop) a throwaway database; the hubs reach it on port
@@ -43,6 +43,8 @@ PG_ADMIN = os.environ.get("SOAK_DATABASE_URL") or os.environ.get(
     "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("+asyncpg", "")
 CONNECTIONS_PER_PROCESS = 2500
 LEASE_SECONDS = 30  # the hub's default HUB_CONNECTION_LEASE_SECONDS, set explicitly below
+QUIET_SECONDS = 30.0
+"""At least this long without faults before the end (RSS is judged there, see invariants)."""
 
 
 @dataclass
@@ -56,6 +58,10 @@ class Config:
     command_seconds: float
     token_ttl: int
     refresh_warning: int
+    patience: float
+    """Clients' handshake timeout and reconnect backoff cap: a full run on this shared machine
+    answers handshakes in seconds while it ramps; clients that gave up at 10 s and retried
+    sooner than that doubled the work until nothing completed (the first 11:46 run)."""
     loopback: bool = False
 
     @classmethod
@@ -66,7 +72,7 @@ class Config:
         return cls(seconds=seconds, connections=connections, out=out, loopback=loopback,
                    warmup=15 if short else 120, churn_seconds=25 if short else 300,
                    event_seconds=4 if short else 30, command_seconds=5 if short else 30,
-                   token_ttl=75 if short else 180, refresh_warning=60)
+                   token_ttl=75 if short else 180, refresh_warning=60, patience=10 if short else 30)
 
 
 class Soak:
@@ -78,8 +84,8 @@ class Soak:
         self.hosts: list[hostmod.Host] = []
         self.hubs: list[HostedHub] = []
         self.redis = SoakRedis()
-        self.redis_links: dict[str, LinkProxy] = {}
-        self.db_links: dict[str, LinkProxy] = {}
+        self.redis_links: dict[str, LinkGroup] = {}
+        self.db_links: dict[str, LinkGroup] = {}
         self.database = f"hubsoak_{secrets.token_hex(5)}"
         self.record = Record(limit=10)
         self.notes: list[str] = []
@@ -111,18 +117,17 @@ class Soak:
         """Start each host's links to Redis and PostgreSQL; returns the database port hubs use.
 
         On loopback the hubs reach Redis directly (the Sentinel group announces 127.0.0.1
-        addresses) and share one database link on a port of its own."""
+        addresses) and share one database link on a port of its own. Each link is a process per
+        host and upstream port (:mod:`bench.soak.links`: descriptors)."""
         if self.hosts[0].netns is None:
             db_port = free_port()
-            link = self.db_links["all"] = LinkProxy("db")
-            await link.serve(hostmod.listen_in(None, db_port), ("127.0.0.1", 5432))
+            self.db_links["all"] = await _link_group("db", [(hostmod.listen_in(None, db_port), 5432)])
             return db_port
         for host in self.hosts:
-            redis_link = self.redis_links[host.name] = LinkProxy(f"redis-{host.name}")
-            for port in self.redis.ports():
-                await redis_link.serve(hostmod.listen_in(host.netns, port), ("127.0.0.1", port))
-            db_link = self.db_links[host.name] = LinkProxy(f"db-{host.name}")
-            await db_link.serve(hostmod.listen_in(host.netns, 5432), ("127.0.0.1", 5432))
+            served = [(hostmod.listen_in(host.netns, port), port) for port in self.redis.ports()]
+            self.redis_links[host.name] = await _link_group(f"redis-{host.name}", served)
+            self.db_links[host.name] = await _link_group(
+                f"db-{host.name}", [(hostmod.listen_in(host.netns, 5432), 5432)])
         return 5432
 
     async def _database(self) -> None:
@@ -172,7 +177,7 @@ class Soak:
                 "groups": groups[n::processes], "token_ttl": c.token_ttl,
                 "ramp_seconds": max(5.0, c.warmup * 0.8), "churn_seconds": c.churn_seconds,
                 "event_seconds": c.event_seconds, "command_seconds": c.command_seconds,
-                "command_timeout": 20.0, "backoff_cap": 10.0,
+                "command_timeout": 20.0, "backoff_cap": c.patience, "open_timeout": c.patience,
             }
             path = self.workdir / f"clients-{n}.json"
             path.write_text(json.dumps(spec))
@@ -215,6 +220,8 @@ class Soak:
         self.record.gaps += tick["gaps"]
         self.record.over_limit += tick["over_limit"]
         self.record.command_timeouts += tick["command_timeouts"]
+        for answer, count in tick.get("recovered", {}).items():
+            self.record.recovered[answer] = self.record.recovered.get(answer, 0) + count
 
     async def _sample(self, stop: asyncio.Event) -> None:
         """Once a second: every worker's RSS; every other second, the slots of every user."""
@@ -264,6 +271,7 @@ class Soak:
 
     async def run(self) -> Record:
         c = self.config
+        raise_descriptor_limit()
         try:
             await self._hosts()
             await self._database()
@@ -279,6 +287,10 @@ class Soak:
             faults = asyncio.create_task(self._faults(started, steps))
             await asyncio.sleep(max(0.0, started + c.seconds - time.time()))
             await faults  # a long schedule finishes before the end is measured
+            # Memory and the final counts are judged after the faults: a short run whose
+            # schedule outlasted it gets a quiet tail too.
+            last = max((f.end for f in self.record.faults), default=started)
+            await asyncio.sleep(max(0.0, last + max(QUIET_SECONDS, c.seconds * 0.35) - time.time()))
             self.record.measured_to = time.time()
             await self._finish(stop, sampler)
         finally:
@@ -304,6 +316,11 @@ class Soak:
         stop.set()
         await sampler
         self.record.ticks = self._ticks()
+        peaks = {name: await group.peak_pairs()
+                 for name, group in [*(("redis-" + k, g) for k, g in self.redis_links.items()),
+                                     *(("db-" + k, g) for k, g in self.db_links.items())]}
+        self.notes.append("link processes (one per host and upstream port), most connections open "
+                          "through one at once: " + ", ".join(f"{k} {v}" for k, v in peaks.items()))
         for hub in self.hubs:
             await asyncio.to_thread(hub.stop)
             self.record.log_findings += _log_findings(hub, self.record.log_errors)
@@ -346,6 +363,23 @@ class Soak:
         for host in self.hosts:
             await asyncio.to_thread(hostmod.delete_host, host)
         await self._drop_database()
+
+
+async def _link_group(name: str, served: list[tuple[Any, int]]) -> LinkGroup:
+    """One link process per listening socket: the busiest port of a host never shares a
+    process's descriptors with another."""
+    links = []
+    try:
+        for sock, port in served:
+            link = LinkProcess(f"{name}-{port}")
+            links.append(link)
+            await link.start([(sock, port)])
+    except BaseException:
+        for sock, _ in served:
+            sock.close()
+        await LinkGroup(links).close()
+        raise
+    return LinkGroup(links)
 
 
 def _migrate(env: dict[str, str], workdir: Path) -> None:

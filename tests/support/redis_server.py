@@ -7,6 +7,7 @@ It can be stopped and started again on the same port (outage tests) or killed ou
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -97,6 +98,11 @@ class RedisServer:
                 self._proc.wait()
         self._proc = None
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT): a Redis that keeps its connections open and answers nothing."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self._proc is None:
@@ -107,6 +113,7 @@ class RedisServer:
         self._proc = None
 
     def close(self) -> None:
+        self.pause(False)
         self.kill()
         self._dir.cleanup()
 
