@@ -17,8 +17,8 @@ the live events, each ``seq`` once and in order (see :mod:`app.event_relay` and
 from __future__ import annotations
 
 import json
+import secrets
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -246,7 +246,7 @@ class Hub:
         if not may_command(conn.session.principal.roles):
             self._forbid(conn, message, "commands need role operator")
             return
-        command_id = uuid.uuid4().hex
+        command_id = secrets.token_hex(16)  # as unguessable as uuid4().hex, and cheaper
         envelope = json.dumps({
             "k": "command", "id": command_id, "from": conn.sub, "p": message.payload,
             "rw": self._engine.worker_id, "rc": conn.conn_id, "ref": message.id, "t": state.tenant,
