@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_TIMEOUT_SECONDS = 240
+SMOKE_TIMEOUT_SECONDS = 420  # a bound, not a target: a loaded shared two-core machine needs ~4 min
 
 
 @pytest.mark.slow
