@@ -231,12 +231,15 @@ def fanout_child(job: FanoutJob, barrier: Barrier) -> dict[str, Any]:
     return asyncio.run(_fanout(job, barrier))
 
 
-def run_fanout(agent_url: str, dashboard_url: str, agent: Identity, viewers: Identity, *,
+def run_fanout(agent_url: str, dashboard_urls: list[str], agent: Identity, viewers: Identity, *,
                dashboards: int, events: int, interval: float, processes: int) -> dict[str, Any]:
-    """One agent's events to ``dashboards`` subscribers spread over ``processes`` clients."""
+    """One agent's events to ``dashboards`` subscribers spread over ``processes`` clients, client
+    ``k`` connected to ``dashboard_urls[k % len(dashboard_urls)]`` (spread over server processes)."""
     share = [dashboards // processes + (1 if k < dashboards % processes else 0) for k in range(processes)]
-    jobs = [FanoutJob(agent_url, dashboard_url, agent, viewers, first=sum(share[:k]), dashboards=share[k],
-                      events=events, interval=interval, sends=k == 0) for k in range(processes)]
+    jobs = [FanoutJob(agent_url, dashboard_urls[k % len(dashboard_urls)], agent, viewers,
+                      first=sum(share[:k]), dashboards=share[k], events=events, interval=interval,
+                      sends=k == 0)
+            for k in range(processes)]
     parts = run_processes(fanout_child, jobs, timeout=events * interval + 150)
     per_event: dict[int, list[float]] = {}
     for part in parts:

@@ -20,47 +20,69 @@ from typing import Any
 
 from bench import ha
 
-TARGETS = ("baseline", "embedded", "redis")
 HUBS = ("embedded", "redis")
-TARGET_TITLES = {"baseline": "baseline (bare)", "embedded": "hub embedded, 1 worker",
-                 "redis": "hub Redis, 2 workers / 2 procs"}
+# Each hub's baseline: the bare server for connections, the bare relay for messages.
+BARE = {"embedded": "baseline", "redis": "baseline"}
+RELAY = {"embedded": "bare_relay", "redis": "bare_relay_redis"}
+BASELINES = ("baseline", "bare_relay", "bare_relay_redis")
+TARGET_TITLES = {
+    "baseline": "bare server (FastAPI endpoint, welcome, no checks)",
+    "bare_relay": "bare relay in one process (in-process forwarding)",
+    "bare_relay_redis": "bare relay in 2 procs through Redis PUBLISH/SUBSCRIBE",
+    "embedded": "hub embedded, 1 worker",
+    "redis": "hub Redis, 2 workers (handshakes) / 2 procs (messages)",
+}
 Results = dict[str, dict[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    """One figure of ``section`` (``base_section`` on the baseline) per hub, with its ratio to
+    the hub's baseline in ``bases`` (none: the figure has no baseline)."""
+
     key: str
     label: str
     unit: str
     section: str
     field: str
-    targets: tuple[str, ...] = TARGETS
+    bases: dict[str, str]
+    hubs: tuple[str, ...] = HUBS
     optional: bool = False  # shown only when some target measured it
+    base_section: str | None = None
 
 
+NONE: dict[str, str] = {}
 ROWS = (
-    Row("handshakes_per_s", "Handshakes/s, closed loop", "1/s", "handshake_closed", "per_s"),
-    Row("handshake_p50_ms", "Handshake p50, paced 200/s", "ms", "handshake_paced", "p50_ms"),
-    Row("handshake_p99_ms", "Handshake p99, paced 200/s", "ms", "handshake_paced", "p99_ms"),
-    Row("rss_per_conn_kib", "RSS per idle connection", "KiB", "memory", "per_conn_kib"),
-    Row("relay_per_s", "Round trips/s (hub relay; baseline echo)", "1/s", "relay_throughput", "per_s"),
-    Row("relay_p50_ms", "Round trip p50, 1 in flight", "ms", "relay_latency", "p50_ms"),
-    Row("relay_p99_ms", "Round trip p99, 1 in flight", "ms", "relay_latency", "p99_ms"),
-    Row("fanout_all_ms", "Fan-out: all dashboards received (p50 over events)", "ms", "fanout",
-        "all_received_p50_ms", HUBS),
-    Row("fanout_p50_ms", "Fan-out: per-dashboard latency p50", "ms", "fanout", "p50_ms", HUBS),
-    Row("fanout_p99_ms", "Fan-out: per-dashboard latency p99", "ms", "fanout", "p99_ms", HUBS),
+    Row("handshakes_per_s", "Handshakes/s, closed loop", "1/s", "handshake_closed", "per_s", BARE),
+    Row("handshake_p50_ms", "Handshake p50, paced 200/s", "ms", "handshake_paced", "p50_ms", BARE),
+    Row("handshake_p99_ms", "Handshake p99, paced 200/s", "ms", "handshake_paced", "p99_ms", BARE),
+    Row("churn_per_s", "Churn: connect, welcome, close cycles/s (same clients in a loop)", "1/s",
+        "churn", "per_s", BARE),
+    Row("rss_per_conn_kib", "RSS per idle connection", "KiB", "memory", "per_conn_kib", BARE),
+    Row("relay_per_s", "Relay round trips/s, 32 in flight", "1/s", "relay_throughput", "per_s", RELAY),
+    Row("relay_load_p99_ms", "Relay round trip p99, 32 in flight", "ms", "relay_throughput", "p99_ms",
+        RELAY),
+    Row("relay_p50_ms", "Relay round trip p50, 1 in flight", "ms", "relay_latency", "p50_ms", RELAY),
+    Row("relay_p99_ms", "Relay round trip p99, 1 in flight", "ms", "relay_latency", "p99_ms", RELAY),
+    Row("fanout_all_ms", "Fan-out of one event: all dashboards received (p50 over events)", "ms",
+        "fanout", "all_received_p50_ms", RELAY),
+    Row("fanout_p50_ms", "Fan-out of one event: per-dashboard latency p50", "ms", "fanout", "p50_ms",
+        RELAY),
+    Row("fanout_p99_ms", "Fan-out of one event: per-dashboard latency p99", "ms", "fanout", "p99_ms",
+        RELAY),
+    Row("fanout_rate_per_s", "Fan-out sustained: deliveries/s, agents flooding dashboards on *", "1/s",
+        "fanout_rate", "per_s", RELAY),
     Row("events_per_s_history", "Events/s to a dashboard, history on (100 per agent)", "1/s",
-        "events_history", "per_s", HUBS),
+        "events_history", "per_s", RELAY, base_section="events"),
     Row("events_per_s_no_history", "Events/s to a dashboard, history off (size 0)", "1/s",
-        "events_no_history", "per_s", HUBS),
+        "events_no_history", "per_s", RELAY, base_section="events"),
     Row("redis_cmds_per_handshake", "Redis round trips per handshake (check_ip + admit_user)", "",
-        "redis_ops", "per_handshake", ("redis",)),
+        "redis_ops", "per_handshake", NONE, ("redis",)),
     Row("redis_cmds_per_connect_close", "Redis commands per dashboard connect + close", "", "redis_ops",
-        "per_connect_and_close", ("redis",)),
+        "per_connect_and_close", NONE, ("redis",)),
     Row("redis_cmds_per_agent_handshake", "Redis commands per agent connect + close (with presence)", "",
-        "redis_ops_agent", "per_connect_and_close", ("redis",)),
-    Row("max_idle_conns", "Max idle connections, one embedded worker", "", "max_conns", "alive",
+        "redis_ops_agent", "per_connect_and_close", NONE, ("redis",)),
+    Row("max_idle_conns", "Max idle connections, one embedded worker", "", "max_conns", "alive", NONE,
         ("embedded",), optional=True),
 )
 
@@ -76,16 +98,23 @@ class Goal:
 
 
 GOALS = (
-    Goal("handshake throughput >= 0.7x baseline", "handshakes_per_s", ("embedded", "redis"),
-         lambda r: r >= 0.7, 0.7, True),
-    Goal("p99 handshake latency < 5 ms at paced 200/s", "handshake_p99_ms", ("embedded", "redis"),
+    Goal("handshake throughput >= 0.7x bare server", "handshakes_per_s", HUBS, lambda r: r >= 0.7, 0.7,
+         True),
+    Goal("p99 handshake latency < 5 ms at paced 200/s", "handshake_p99_ms", HUBS,
          lambda v: v < 5.0, 5.0, False),
-    Goal("memory per connection <= 1.3x baseline", "rss_per_conn_kib", ("embedded", "redis"),
-         lambda r: r <= 1.3, 1.3, True),
+    Goal("memory per connection <= 1.2x bare server", "rss_per_conn_kib", HUBS,
+         lambda r: r <= 1.2, 1.2, True),
     Goal(">= 20,000 idle connections on one worker", "max_idle_conns", ("embedded",),
          lambda v: v >= 20_000, 20_000, False),
     Goal("Redis round trips per handshake <= 2", "redis_cmds_per_handshake", ("redis",),
          lambda v: v <= 2.0, 2.0, False),
+    Goal("relay round trips/s >= 0.8x bare relay", "relay_per_s", HUBS, lambda r: r >= 0.8, 0.8, True),
+    Goal("relay p99 (32 in flight) <= 1.5x bare relay", "relay_load_p99_ms", ("redis",),
+         lambda r: r <= 1.5, 1.5, True),
+    Goal("sustained fan-out deliveries/s >= 0.8x bare relay", "fanout_rate_per_s", HUBS,
+         lambda r: r >= 0.8, 0.8, True),
+    Goal("fan-out of one event, per-dashboard p99 <= 2x bare relay", "fanout_p99_ms", ("redis",),
+         lambda r: r <= 2.0, 2.0, True),
 )
 
 
@@ -95,18 +124,30 @@ def _finite(value: Any) -> float | None:
     return None
 
 
+def _figure(results: Results, target: str, section: str, field: str) -> float | None:
+    return _finite(results.get(target, {}).get(section, {}).get(field))
+
+
 def build_rows(results: Results) -> list[dict[str, Any]]:
+    """Per row: ``values`` by target (hubs and their baselines), ``bases`` (hub -> baseline)
+    and ``ratios`` (hub -> value over its baseline's)."""
     rows = []
     for row in ROWS:
-        measured = any(row.section in results.get(t, {}) for t in row.targets)
+        measured = any(row.section in results.get(t, {}) for t in row.hubs)
         if row.optional and not measured:
             continue
-        values = {t: _finite(results.get(t, {}).get(row.section, {}).get(row.field)) for t in row.targets}
-        base = values.get("baseline")
-        ratios = {t: v / base for t, v in values.items()
-                  if t != "baseline" and v is not None and base not in (None, 0.0)}
+        values = {t: _figure(results, t, row.section, row.field) for t in row.hubs}
+        bases = {hub: row.bases[hub] for hub in row.hubs if hub in row.bases}
+        for base in dict.fromkeys(bases.values()):
+            values[base] = _figure(results, base, row.base_section or row.section, row.field)
+        ratios = {}
+        for hub, base in bases.items():
+            value, reference = values[hub], values[base]
+            if value is not None and reference not in (None, 0.0):
+                ratios[hub] = value / reference
         rows.append({"key": row.key, "label": row.label, "unit": row.unit, "values": values,
-                     "ratios": ratios, "not_applicable": [t for t in TARGETS if t not in row.targets]})
+                     "bases": bases, "ratios": ratios,
+                     "not_applicable": [t for t in HUBS if t not in row.hubs]})
     return rows
 
 
@@ -138,19 +179,24 @@ def _cell(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
+_BASE_SHORT = {"baseline": "bare", "bare_relay": "relay 1p", "bare_relay_redis": "relay Redis"}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    header = ["row", "unit", "baseline", "embedded", "ratio", "redis", "ratio"]
+    """One line per row: each hub's value, its baseline's (named) and the ratio."""
+    header = ["row", "unit", "embedded", "its baseline", "ratio", "redis", "its baseline", "ratio"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["label"], row["unit"]]
-        for target in TARGETS:
-            if target in row["not_applicable"]:
-                cells.append("n/a")
-            else:
-                cells.append(_cell(row["values"][target]))
-            if target != "baseline":
-                ratio = row["ratios"].get(target)
-                cells.append(f"{ratio:.2f}x" if ratio is not None else "")
+        for hub in HUBS:
+            if hub in row["not_applicable"]:
+                cells += ["n/a", "", ""]
+                continue
+            base = row["bases"].get(hub)
+            ratio = row["ratios"].get(hub)
+            cells += [_cell(row["values"][hub]),
+                      f"{_cell(row['values'][base])} ({_BASE_SHORT[base]})" if base else "",
+                      f"{ratio:.2f}x" if ratio is not None else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -232,9 +278,9 @@ def write(out: Path, meta: dict[str, Any], results: Results) -> str:
         f"- machine: {meta['machine']}, nproc {meta['nproc']}, Python {meta['python']}, "
         f"uvicorn {meta['uvicorn']}, websockets {meta['websockets']}",
         f"- command: `{meta['command']}`",
-        f"- targets: {', '.join(f'{k} = {v}' for k, v in TARGET_TITLES.items())}",
-        "- ratio: the target's value over the baseline's (higher is better for rates, lower for "
-        "latency and memory)", "",
+        *[f"- {k}: {v}" for k, v in TARGET_TITLES.items()],
+        "- ratio: the hub's value over its baseline's from this run (higher is better for rates, "
+        "lower for latency and memory)", "",
         table(rows), "", "## Highly available Redis", "", ha.table(ha_rows), "",
         *ha.goals(ha_rows), "",
         "## Goals", "", *goal_lines, "", "## Notes", "",

@@ -195,6 +195,16 @@ def bare_server(env: dict[str, str], workdir: Path) -> ServerProcess:
                          full_env, workdir, port=port)
 
 
+def bare_relay_server(name: str, env: dict[str, str], workdir: Path,
+                      redis_url: str | None = None) -> ServerProcess:
+    """The message baseline: :mod:`bench.bare_relay` under the hub's uvicorn options, forwarding
+    through ``redis_url`` (shared by every process given it) or in-process."""
+    port = free_port()
+    full_env = {**GENEROUS_LIMITS, **env, **({"BARE_RELAY_REDIS_URL": redis_url} if redis_url else {})}
+    return ServerProcess(name, [sys.executable, "-m", "bench.bare_runner", "--port", str(port), "--relay"],
+                         full_env, workdir, port=port)
+
+
 class RedisServer:
     """A throwaway ``redis-server``: loopback only, no persistence, its own directory."""
 

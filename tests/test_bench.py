@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_TIMEOUT_SECONDS = 240
+SMOKE_TIMEOUT_SECONDS = 420  # a bound, not a target: a loaded shared two-core machine needs ~4 min
 
 
 @pytest.mark.slow
@@ -32,10 +32,20 @@ def test_smoke_run_measures_every_row(tmp_path: Path) -> None:
     assert "--smoke" in meta["command"]
 
     rows = {row["key"]: row for row in document["rows"]}
-    assert {"handshakes_per_s", "handshake_p50_ms", "handshake_p99_ms", "rss_per_conn_kib",
-            "relay_per_s", "relay_p50_ms", "relay_p99_ms", "fanout_all_ms", "fanout_p50_ms",
-            "fanout_p99_ms", "redis_cmds_per_handshake", "events_per_s_history",
-            "events_per_s_no_history"} <= rows.keys()
+    assert {"handshakes_per_s", "handshake_p50_ms", "handshake_p99_ms", "churn_per_s", "rss_per_conn_kib",
+            "relay_per_s", "relay_load_p99_ms", "relay_p50_ms", "relay_p99_ms", "fanout_all_ms",
+            "fanout_p50_ms", "fanout_p99_ms", "fanout_rate_per_s", "redis_cmds_per_handshake",
+            "events_per_s_history", "events_per_s_no_history"} <= rows.keys()
+    # Every message row is measured against its bare relay (one process for the embedded hub,
+    # two through Redis for the Redis hub), every connection row against the bare server.
+    for key in ("relay_per_s", "relay_load_p99_ms", "relay_p50_ms", "relay_p99_ms", "fanout_all_ms",
+                "fanout_p50_ms", "fanout_p99_ms", "fanout_rate_per_s", "events_per_s_history",
+                "events_per_s_no_history"):
+        assert rows[key]["bases"] == {"embedded": "bare_relay", "redis": "bare_relay_redis"}, key
+        assert set(rows[key]["ratios"]) == {"embedded", "redis"}, key
+    for key in ("handshakes_per_s", "churn_per_s", "rss_per_conn_kib"):
+        assert rows[key]["bases"] == {"embedded": "baseline", "redis": "baseline"}, key
+        assert set(rows[key]["ratios"]) == {"embedded", "redis"}, key
     for key, row in rows.items():
         assert row["values"], key
         for target, value in row["values"].items():

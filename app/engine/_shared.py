@@ -4,6 +4,7 @@ messaging methods to their messaging half."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -67,6 +68,18 @@ class DelegatedMessaging:
 
     async def send_to_worker(self, worker_id: str, message: str) -> None:
         await self._messaging.send_to_worker(worker_id, message)
+
+    async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
+        raise NotImplementedError  # each engine's own
+
+    async def send_to_agent(self, tenant: str, agent_id: str, head: str, tail: str) -> bool:
+        """The lookup, then the send (an engine that can fold the two overrides this)."""
+        target = await self.locate_agent(tenant, agent_id)
+        if target is None:
+            return False
+        worker, conn_id = target
+        await self.send_to_worker(worker, head + json.dumps(conn_id) + tail)
+        return True
 
     async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
         await self._messaging.publish_agent(tenant, agent_id, message)

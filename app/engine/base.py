@@ -213,6 +213,11 @@ class Engine(Protocol):
         """Deliver ``message`` to that worker's message handler (at most once; lost if the worker
         is gone). Crosses Redis once."""
 
+    async def send_to_agent(self, tenant: str, agent_id: str, head: str, tail: str) -> bool:
+        """:meth:`locate_agent` then :meth:`send_to_worker` of ``head + JSON(conn_id) + tail`` to
+        that connection's worker; False (nothing sent) when the agent is offline. One round trip
+        on a single Redis primary (Sentinel included), two on a Redis Cluster."""
+
     async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
         """Deliver ``message`` to every worker watching this agent or all of ``tenant``'s agents
         (each such worker gets it once, even if it watches both)."""

@@ -42,8 +42,6 @@ Guarantees beyond :class:`app.engine.base.Engine`:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
@@ -81,6 +79,7 @@ from app.engine.base import (
     UserVerdict,
 )
 from app.engine.memory_history import META_TTL_SECONDS
+from app.engine.redis_infos import glob_escape, info_json, parse_infos
 from app.engine.redis_pubsub import RedisMessaging
 from app.errors import Code
 
@@ -106,6 +105,7 @@ SCRIPTS = (
     "agent_offline",
     "renew_agents",
     "locate_agent",
+    "send_to_agent",
     "online_agents",
     "append_event",
     "read_history",
@@ -213,6 +213,17 @@ class RedisEngine(DelegatedMessaging):
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis {name}: {type(exc).__name__}: {exc}") from exc
 
+    async def _run_batched(self, name: str, keys: list[str], args: list[str | int]) -> Any:
+        """:meth:`_run` in the routing path's shared pipelines (one primary only: a cluster
+        pipeline may split). NOSCRIPT means it did not run: it runs once more, loaded first."""
+        script = self._scripts[name]
+        try:
+            return await self._messaging.batch.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._run(name, keys, args)
+        except UNAVAILABLE as exc:
+            raise EngineUnavailable(f"redis {name}: {type(exc).__name__}: {exc}") from exc
+
     async def _run_many(self, name: str, calls: list[_Call]) -> list[Any]:
         """Run script ``name`` once per ``(keys, args)``, all in one pipelined round trip.
 
@@ -266,7 +277,7 @@ class RedisEngine(DelegatedMessaging):
         keys = [self.user_key(sub, kind, tenant) for kind in ("slots", "rate", "info")]
         args: list[str | int] = [
             conn_id, rate_limit, max_connections, lease_seconds, window, secrets.token_hex(8),
-            _info_json(info) if info is not None else "",
+            info_json(info) if info is not None else "",
         ]
         return self._verdict(await self._run("admit_user", keys, args))
 
@@ -283,7 +294,7 @@ class RedisEngine(DelegatedMessaging):
     ) -> list[ConnectionInfo]:
         if sub is not None and tenant is not None:
             keys = [self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)]
-            return sort_connections(_parse_infos(await self._run("list_connections", keys, [])))
+            return sort_connections(parse_infos(await self._run("list_connections", keys, [])))
         rows: list[ConnectionInfo] = []
         try:
             info_keys = await self._scan_info_keys()
@@ -294,7 +305,7 @@ class RedisEngine(DelegatedMessaging):
                     for info_key in info_keys[start : start + LIST_BATCH]
                 ]
                 for reply in await self._run_many("list_connections", calls):
-                    rows.extend(info for info in _parse_infos(reply) if matches(info, sub, tenant))
+                    rows.extend(info for info in parse_infos(reply) if matches(info, sub, tenant))
         except UNAVAILABLE as exc:
             raise EngineUnavailable(
                 f"redis list_connections: {type(exc).__name__}: {exc}"
@@ -302,7 +313,7 @@ class RedisEngine(DelegatedMessaging):
         return sort_connections(rows)
 
     async def _scan_info_keys(self) -> list[str]:
-        pattern = f"{_glob_escape(self.prefix)}:{{u:*}}:info"
+        pattern = f"{glob_escape(self.prefix)}:{{u:*}}:info"
         keys: set[str] = set()
         # scan_iter, not a loop on SCAN's cursor: a cluster answers one cursor per primary (a
         # loop waiting for cursor 0 never ends); scan_iter walks every primary to its end.
@@ -325,7 +336,7 @@ class RedisEngine(DelegatedMessaging):
         for (tenant, sub), infos in by_user.items():
             args: list[str | int] = [lease_seconds, max_connections]
             for info in infos:
-                args += [info.conn_id, _info_json(info)]
+                args += [info.conn_id, info_json(info)]
             calls.append(([self.user_key(sub, "slots", tenant), self.user_key(sub, "info", tenant)], args))
         try:
             # One script per user (one hash slot each), all in one pipelined round trip.
@@ -413,6 +424,13 @@ class RedisEngine(DelegatedMessaging):
         worker, conn_id = reply
         return text(worker), text(conn_id)
 
+    async def send_to_agent(self, tenant: str, agent_id: str, head: str, tail: str) -> bool:
+        if self.target.cluster:
+            # The agent's key and the worker channel are in different slots: two round trips.
+            return await super().send_to_agent(tenant, agent_id, head, tail)
+        keys = [self.agent_key(tenant, agent_id)]
+        return bool(await self._run_batched("send_to_agent", keys, [self.worker_channel_of(""), head, tail]))
+
     async def online_agents(self, tenant: str) -> set[str]:
         reply = await self._run("online_agents", [self.agents_key(tenant)], [])
         return {text(agent) for agent in reply}
@@ -428,8 +446,11 @@ class RedisEngine(DelegatedMessaging):
             secrets.token_hex(8), policy.size, policy.seconds, META_TTL_SECONDS, payload,
             known_epoch, known_seq,
         ]
-        # Not batched (see _run_many); a retry of the same call is answered, not appended, again.
-        epoch, seq = await self._run("append_event", self.history_keys(tenant, agent_id), args)
+        # Not in _run_many (it resends a whole pipeline); a retry of the same call is answered,
+        # not appended, again. On one primary it shares the routing path's pipelines.
+        keys = self.history_keys(tenant, agent_id)
+        run = self._run if self.target.cluster else self._run_batched
+        epoch, seq = await run("append_event", keys, args)
         return text(epoch), int(seq)
 
     async def read_history(
@@ -451,38 +472,8 @@ class RedisEngine(DelegatedMessaging):
         return found
 
 
-def _glob_escape(value: str) -> str:
-    """``value`` matched literally by a Redis glob (SCAN MATCH)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
-
-
 def _log_revived(event: str, replies: list[Any]) -> None:
     """Log how many leases the renew scripts (``{renewed, revived}`` each) re-established."""
     revived = sum(int(reply[1]) for reply in replies if isinstance(reply, list) and len(reply) > 1)
     if revived:
         log.warning(event, count=revived)
-
-
-def _info_json(info: ConnectionInfo) -> str:
-    return json.dumps(dataclasses.asdict(info), separators=(",", ":"))
-
-
-def _parse_infos(reply: Any) -> list[ConnectionInfo]:
-    rows = []
-    for raw in reply or []:
-        try:
-            body = json.loads(raw)
-            rows.append(
-                ConnectionInfo(
-                    conn_id=str(body["conn_id"]),
-                    sub=str(body["sub"]),
-                    endpoint=str(body["endpoint"]),
-                    client_ip=str(body["client_ip"]),
-                    worker=str(body["worker"]),
-                    connected_at=float(body["connected_at"]),
-                    tenant=str(body.get("tenant") or ""),
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            log.warning("engine.bad_connection_info")
-    return rows

@@ -60,6 +60,7 @@ from app.engine.base import (
     EngineUnavailable,
     MessageHandler,
 )
+from app.engine.redis_batch import Batcher
 
 log = structlog.get_logger("app.engine")
 
@@ -93,6 +94,8 @@ class RedisMessaging:
         self.channel = f"{self._tag}:control"
         self.worker_channel = self.worker_channel_of(worker_id)
         self._client = client
+        # Routed messages (and the engine's scripts on the routing path) share pipelines.
+        self.batch = Batcher(client)
         self._target = target
         self._sharded = target.cluster
         self._publish_command = "SPUBLISH" if self._sharded else "PUBLISH"
@@ -182,24 +185,17 @@ class RedisMessaging:
 
     async def send_to_worker(self, worker_id: str, message: str) -> None:
         try:
-            await self._client.execute_command(
-                self._publish_command, self.worker_channel_of(worker_id), message
-            )
+            await self.batch.call(self._publish_command, self.worker_channel_of(worker_id), message)
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis send_to_worker: {type(exc).__name__}: {exc}") from exc
 
     async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
+        commands = [(self._publish_command, self.agent_channel(tenant, agent_id), message)]
+        if agent_id != WILDCARD:
+            commands.append((self._publish_command, self.agent_channel(tenant, WILDCARD), message))
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                # Raw commands: a cluster pipeline refuses its publish method. One slot: one node.
-                pipe.execute_command(
-                    self._publish_command, self.agent_channel(tenant, agent_id), message
-                )
-                if agent_id != WILDCARD:
-                    pipe.execute_command(
-                        self._publish_command, self.agent_channel(tenant, WILDCARD), message
-                    )
-                await pipe.execute()
+            # Raw commands: a cluster pipeline refuses its publish method. One slot: one node.
+            await self.batch.call_many(*commands)
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis publish_agent: {type(exc).__name__}: {exc}") from exc
 

@@ -1,0 +1,45 @@
+"""How the Redis engine stores the connection listings: one JSON string per connection (never a
+token), read back leniently (a malformed entry is logged and skipped, never fatal to a listing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import structlog
+
+from app.engine.base import ConnectionInfo
+
+log = structlog.get_logger("app.engine")
+
+
+def glob_escape(value: str) -> str:
+    """``value`` matched literally by a Redis glob (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
+
+
+def info_json(info: ConnectionInfo) -> str:
+    return json.dumps(dataclasses.asdict(info), separators=(",", ":"))
+
+
+def parse_infos(reply: Any) -> list[ConnectionInfo]:
+    rows = []
+    for raw in reply or []:
+        try:
+            body = json.loads(raw)
+            rows.append(
+                ConnectionInfo(
+                    conn_id=str(body["conn_id"]),
+                    sub=str(body["sub"]),
+                    endpoint=str(body["endpoint"]),
+                    client_ip=str(body["client_ip"]),
+                    worker=str(body["worker"]),
+                    connected_at=float(body["connected_at"]),
+                    tenant=str(body.get("tenant") or ""),
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("engine.bad_connection_info")
+    return rows
