@@ -23,6 +23,10 @@ import structlog
 # is not enough: a header with a leading space or newline encodes otherwise and still verifies.
 _TOKEN_QUERY = re.compile(r"(?i)((?:^|[?&;])(?:access_)?token=)[^&\s\"']*")
 _JWS = re.compile(r"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{2,})\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# What a redacted JWS starts with: its header segment's first character is C, D, I or e, the only
+# ones whose first decoded byte can be "{" or the whitespace before it (see _is_json_object). A
+# cheap test that lets most dotted values (addresses, host names) skip the full search.
+_JWS_START = re.compile(r"(?<![A-Za-z0-9_-])[CDIe][A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
@@ -40,7 +44,7 @@ def redact(text: str) -> str:
         if _JWS.sub(_redact_jws, decoded) != decoded:
             text = decoded
             break
-    if text.count(".") >= 2:
+    if text.count(".") >= 2 and _JWS_START.search(text):
         text = _JWS.sub(_redact_jws, text)
     return text
 
@@ -166,12 +170,20 @@ def configure_logging(
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     install_redaction()
-    # uvicorn's lines for accepted connections say less than ws.connected / ws.disconnected, at a
-    # cost on every handshake; refusals, startup, shutdown and errors still come through.
+    # uvicorn's lines for accepted connections say less than ws.disconnected, at a cost on every
+    # handshake; refusals, startup, shutdown and errors still come through. The drop comes first,
+    # so that a dropped record is not redacted before.
     for name in ("uvicorn.error", "uvicorn.access"):
         chatter = logging.getLogger(name)
         if _CHATTER not in chatter.filters:
-            chatter.addFilter(_CHATTER)
+            chatter.filters.insert(0, _CHATTER)
+    # uvicorn makes a record for each accepted handshake (dropped above); no line shows the
+    # caller, thread or process of a record, and finding the caller walks the stack (the logging
+    # HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 class _DropConnectionChatter(logging.Filter):
