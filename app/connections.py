@@ -236,25 +236,42 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Connection] = {}
-        self._by_sub: dict[str, set[str]] = {}
+        # A sub's connection id, or a set of them when it has several here: most users have
+        # one, and a set per connection would cost a couple of hundred bytes each.
+        self._by_sub: dict[str, str | set[str]] = {}
 
     def add(self, conn: Connection) -> None:
-        self._by_id[conn.conn_id] = conn
-        self._by_sub.setdefault(conn.sub, set()).add(conn.conn_id)
+        conn_id, sub = conn.conn_id, conn.sub
+        self._by_id[conn_id] = conn
+        ids = self._by_sub.get(sub)
+        if ids is None:
+            self._by_sub[sub] = conn_id
+        elif isinstance(ids, set):
+            ids.add(conn_id)
+        elif ids != conn_id:
+            self._by_sub[sub] = {ids, conn_id}
 
     def remove(self, conn: Connection) -> None:
-        self._by_id.pop(conn.conn_id, None)
-        ids = self._by_sub.get(conn.sub)
-        if ids is not None:
-            ids.discard(conn.conn_id)
-            if not ids:
-                del self._by_sub[conn.sub]
+        conn_id, sub = conn.conn_id, conn.sub
+        self._by_id.pop(conn_id, None)
+        ids = self._by_sub.get(sub)
+        if ids is None:
+            return
+        if isinstance(ids, set):
+            ids.discard(conn_id)
+            if len(ids) == 1:
+                self._by_sub[sub] = next(iter(ids))
+        elif ids == conn_id:
+            del self._by_sub[sub]
 
     def get(self, conn_id: str) -> Connection | None:
         return self._by_id.get(conn_id)
 
     def of_sub(self, sub: str) -> list[Connection]:
-        return [self._by_id[i] for i in self._by_sub.get(sub, ())]
+        ids = self._by_sub.get(sub)
+        if ids is None:
+            return []
+        return [self._by_id[i] for i in ((ids,) if isinstance(ids, str) else ids)]
 
     def __iter__(self) -> Iterator[Connection]:
         return iter(list(self._by_id.values()))

@@ -38,7 +38,7 @@ class Handshake:
     """The handshake dependency of one endpoint: decides the handshake and returns the admission.
 
     The admission holds a connection slot, which the endpoint gives back through
-    :func:`_admitted`. A plain coroutine, not a generator: FastAPI runs an async-generator
+    :func:`_release`. A plain coroutine, not a generator: FastAPI runs an async-generator
     dependency inside an exit stack and cancel scopes, a measurable share of every handshake.
     """
 
@@ -81,13 +81,10 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[str]]
     return headers, forwarded_for
 
 
-async def _admitted(websocket: WebSocket, admission: Admission) -> None:
-    """Serve an admitted connection, then give its slot back, however the serving ended."""
-    try:
-        await _serve(websocket, admission)
-    finally:
-        # An unverified session upgraded by a refresh holds the slot of its new identity.
-        await _runtime(websocket).gatekeeper.release(websocket.state.admission)
+async def _release(websocket: WebSocket) -> None:
+    """Give the connection's slot back: the endpoints call it once serving ended, however. An
+    unverified session upgraded by a refresh holds the slot of its new identity."""
+    await _runtime(websocket).gatekeeper.release(websocket.state.admission)
 
 
 async def refuse(connection: HTTPConnection, exc: Exception) -> Response | None:
@@ -294,11 +291,19 @@ def _close_event(conn: Connection) -> SecurityEvent:
 async def agent_socket(
     websocket: WebSocket, admission: Annotated[Admission, Depends(Handshake(Endpoint.AGENT))]
 ) -> None:
-    await _admitted(websocket, admission)
+    # Here, not in a helper: one coroutine frame less held by every open connection.
+    try:
+        await _serve(websocket, admission)
+    finally:
+        await _release(websocket)
 
 
 @router.websocket("/ws/dashboard")
 async def dashboard_socket(
     websocket: WebSocket, admission: Annotated[Admission, Depends(Handshake(Endpoint.DASHBOARD))]
 ) -> None:
-    await _admitted(websocket, admission)
+    # Here, not in a helper: one coroutine frame less held by every open connection.
+    try:
+        await _serve(websocket, admission)
+    finally:
+        await _release(websocket)

@@ -11,6 +11,7 @@ import binascii
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -101,6 +102,29 @@ def _name_logger(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
     return event
 
 
+class _UtcStamper:
+    """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-12-02T11:00:00.123456Z``), with the date and time formatted once per second: the
+    datetime round trip was a fifth of the cost of a line."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        micro = int((now - second) * 1_000_000)
+        # isoformat() leaves out a zero fraction; so does this.
+        event["timestamp"] = f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+        return event
+
+
 def install_redaction() -> None:
     """Put the redaction filter on uvicorn's loggers. Idempotent; safe under plain uvicorn."""
     for name in _UVICORN_LOGGERS:
@@ -135,7 +159,7 @@ def configure_logging(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             _name_logger,
-            timestamper,
+            _UtcStamper(),
             structlog.processors.format_exc_info,
             _redact_event,
             renderer,

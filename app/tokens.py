@@ -100,6 +100,21 @@ def _is_number(value: object) -> bool:
         return False
 
 
+# Every live connection keeps its principal's roles; the sets in use are few (a set and its
+# strings cost a few hundred bytes per connection otherwise). Bounded: odd sets are not kept.
+_ROLE_SETS: dict[frozenset[str], frozenset[str]] = {}
+_MAX_ROLE_SETS = 1024
+
+
+def _shared_roles(roles: frozenset[str]) -> frozenset[str]:
+    shared = _ROLE_SETS.get(roles)
+    if shared is not None:
+        return shared
+    if len(_ROLE_SETS) < _MAX_ROLE_SETS:
+        _ROLE_SETS[roles] = roles
+    return roles
+
+
 @dataclass(slots=True)
 class _Parsed:
     header: dict[str, Any]
@@ -291,6 +306,7 @@ class TokenVerifier:
         roles = self.claims.roles_of(claims)
         if roles is None:
             raise bad(Code.CLAIMS_INVALID, "roles missing or not a list of strings")
+        roles = _shared_roles(roles)
         tenant = claim_at(claims, self.claims.tenant)
         if tenant is MISSING or tenant is None:
             tenant = None
