@@ -1,8 +1,10 @@
 """Live connections of this worker: each one's send queue, expiry timer and close, and the
 registry that finds them for kicks, revocations, bans and routing.
 
-A connection has one writer task, the only code that sends on its socket, fed by a bounded queue:
-a slow reader fills its own queue and is closed (``slow_consumer``) without stalling anyone else.
+A connection has one writer, the only code that sends on its socket, fed by a bounded queue: a
+slow reader fills its own queue and is closed (``slow_consumer``) without stalling anyone else. The
+writer is the serving task itself for the ``welcome`` (:meth:`Connection.start`), then a task that
+exists only while something waits to be sent.
 "Slow" means stalled, not bursty: a client is closed only when more than ``queue_size`` messages
 wait *and* its socket has accepted nothing for ``STALL_SECONDS``, or when what waits exceeds
 ``max_chars`` (the memory bound). A reader that keeps reading is never closed for a burst (a large
@@ -40,12 +42,14 @@ class Connection:
     """One accepted socket. :meth:`send` and :meth:`close` never block and never raise.
 
     Outgoing messages wait in a bounded deque drained by a writer task that exists only while
-    there is something to send, so an idle connection costs one timer and no task.
+    there is something to send, so an idle connection costs one timer and no task; the deque
+    itself is made on the first message that has to wait.
     """
 
     __slots__ = (
         "_armed_at", "_chars", "_closing", "_limit", "_max_chars", "_pending", "_progress_at",
-        "_stall_check", "_timer", "_writer", "attributes", "close_code", "session", "socket",
+        "_stall_check", "_starting", "_timer", "_writer", "attributes", "close_code", "session",
+        "socket",
     )
 
     def __init__(
@@ -55,7 +59,7 @@ class Connection:
         self.session = session
         self.close_code: Code | None = None
         self.attributes: dict[str, Any] = {}
-        self._pending: deque[str] = deque()
+        self._pending: deque[str] | None = None
         self._limit = queue_size
         self._max_chars = max_chars if max_chars is not None else queue_size * 65536
         self._chars = 0
@@ -63,6 +67,8 @@ class Connection:
         self._progress_at = 0.0
         self._stall_check: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
+        # True while start() sends the welcome itself: what is sent meanwhile queues behind it.
+        self._starting = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -75,8 +81,26 @@ class Connection:
     def sub(self) -> str:
         return self.session.principal.sub
 
-    def start(self) -> None:
-        self.apply(self.session.welcome(_now()))
+    async def start(self) -> None:
+        """Send the ``welcome`` and arm the timer. The welcome is sent by the calling task, not a
+        writer task: nothing can be queued before it, and most connections are sent nothing else.
+        Raises nothing; a socket that is gone is noticed by the caller's next receive."""
+        actions = self.session.welcome(_now())
+        welcome = actions[0]
+        assert isinstance(welcome, Send)
+        loop = asyncio.get_running_loop()
+        self._starting = True
+        self._progress_at = loop.time()
+        try:
+            await self.socket.send_text(welcome.text)
+        except Exception:
+            self._drop_pending()
+        finally:
+            self._starting = False
+        self._progress_at = loop.time()
+        if self._pending and self.close_code is None:
+            self._writer = loop.create_task(self._drain())
+        self.apply(actions[1:])
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -90,26 +114,34 @@ class Connection:
         if self.close_code is not None:
             return
         loop = asyncio.get_running_loop()
-        if not self._pending and self._writer is None:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        if not pending and self._writer is None and not self._starting:
             # An idle writer is not a stalled one: the stall clock starts now.
             self._progress_at = loop.time()
-        self._pending.append(text)
+        pending.append(text)
         self._chars += len(text)
         if self._chars > self._max_chars:
             self.close(Code.SLOW_CONSUMER)
             return
-        if len(self._pending) > self._limit and self._stall_check is None:
+        if len(pending) > self._limit and self._stall_check is None:
             self._check_stall()
             if self.close_code is not None:
                 return
-        if self._writer is None:
+        if self._writer is None and not self._starting:
             self._writer = loop.create_task(self._drain())
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.clear()
+        self._chars = 0
 
     def _check_stall(self) -> None:
         """Over the message bound: close if the socket has accepted nothing for STALL_SECONDS,
         else look again when that could first be the case."""
         self._stall_check = None
-        if self.close_code is not None or len(self._pending) <= self._limit:
+        if self.close_code is not None or self._pending is None or len(self._pending) <= self._limit:
             return
         loop = asyncio.get_running_loop()
         stalled_for = loop.time() - self._progress_at
@@ -124,7 +156,7 @@ class Connection:
         if self.close_code is not None:
             return
         self.close_code = code
-        metrics.CLOSES.labels(code.value).inc()
+        metrics.bound(metrics.CLOSES, code.value).inc()
         if self._timer is not None:
             self._timer.cancel()
         if self._stall_check is not None:
@@ -132,10 +164,10 @@ class Connection:
             self._stall_check = None
         # What is already queued (the errors that led here, say) goes out first, unless the
         # client is the problem: a slow consumer is cut at once, and a flush gets FLUSH_TIMEOUT.
-        if code is Code.SLOW_CONSUMER and self._writer is not None:
-            self._writer.cancel()
-            self._pending.clear()
-            self._chars = 0
+        if code is Code.SLOW_CONSUMER:
+            if self._writer is not None:
+                self._writer.cancel()
+            self._drop_pending()
         self._closing = asyncio.get_running_loop().create_task(self._send_close(code, close))
 
     def reschedule(self) -> None:
@@ -159,15 +191,15 @@ class Connection:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        pending = self._pending
         try:
-            while self._pending:
-                text = self._pending.popleft()
+            while pending:
+                text = pending.popleft()
                 await self.socket.send_text(text)
                 self._chars -= len(text)
                 self._progress_at = loop.time()
         except Exception:
-            self._pending.clear()
-            self._chars = 0
+            self._drop_pending()
         finally:
             self._writer = None
 
@@ -204,25 +236,42 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Connection] = {}
-        self._by_sub: dict[str, set[str]] = {}
+        # A sub's connection id, or a set of them when it has several here: most users have
+        # one, and a set per connection would cost a couple of hundred bytes each.
+        self._by_sub: dict[str, str | set[str]] = {}
 
     def add(self, conn: Connection) -> None:
-        self._by_id[conn.conn_id] = conn
-        self._by_sub.setdefault(conn.sub, set()).add(conn.conn_id)
+        conn_id, sub = conn.conn_id, conn.sub
+        self._by_id[conn_id] = conn
+        ids = self._by_sub.get(sub)
+        if ids is None:
+            self._by_sub[sub] = conn_id
+        elif isinstance(ids, set):
+            ids.add(conn_id)
+        elif ids != conn_id:
+            self._by_sub[sub] = {ids, conn_id}
 
     def remove(self, conn: Connection) -> None:
-        self._by_id.pop(conn.conn_id, None)
-        ids = self._by_sub.get(conn.sub)
-        if ids is not None:
-            ids.discard(conn.conn_id)
-            if not ids:
-                del self._by_sub[conn.sub]
+        conn_id, sub = conn.conn_id, conn.sub
+        self._by_id.pop(conn_id, None)
+        ids = self._by_sub.get(sub)
+        if ids is None:
+            return
+        if isinstance(ids, set):
+            ids.discard(conn_id)
+            if len(ids) == 1:
+                self._by_sub[sub] = next(iter(ids))
+        elif ids == conn_id:
+            del self._by_sub[sub]
 
     def get(self, conn_id: str) -> Connection | None:
         return self._by_id.get(conn_id)
 
     def of_sub(self, sub: str) -> list[Connection]:
-        return [self._by_id[i] for i in self._by_sub.get(sub, ())]
+        ids = self._by_sub.get(sub)
+        if ids is None:
+            return []
+        return [self._by_id[i] for i in ((ids,) if isinstance(ids, str) else ids)]
 
     def __iter__(self) -> Iterator[Connection]:
         return iter(list(self._by_id.values()))

@@ -11,12 +11,10 @@ connection unverified instead, and is reported as ``ws.auth_would_refuse``.
 
 from __future__ import annotations
 
-import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from app import metrics
 from app.bans import BanList
@@ -30,14 +28,15 @@ from app.revocations import RevocationList
 from app.roles import Endpoint, is_admin, may_connect
 from app.security_log import SecurityEvent, SecurityLog
 from app.tokens import Principal, TokenError, TokenVerifier
+from app.transports import SUBPROTOCOL, TokenSearchError, Transport, find_token
 
-SUBPROTOCOL = "hub.v1"
-BEARER_PREFIX = "bearer."
 UNAVAILABLE_RETRY_AFTER = 5
-_QUERY_TOKEN = re.compile(rb"(?:^|&)token=([^&]*)")
-_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 
-Transport = Literal["header", "subprotocol", "query", "none"]
+
+def new_conn_id() -> str:
+    """A connection id: 32 random hex digits (what ``uuid4().hex`` gave, at a fraction of the
+    cost; nothing reads a version digit from it), unguessable like a token's ``jti``."""
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +86,6 @@ class HandshakeRefused(Exception):
     principal: Principal | None = None
 
 
-class TokenSearchError(Exception):
-    pass
-
-
 class _Unverified(Exception):
     """A relaxed refusal (report-only): the connection is to be admitted unverified."""
 
@@ -98,40 +93,6 @@ class _Unverified(Exception):
         super().__init__(error.code.value)
         self.error = error
         self.transport = transport
-
-
-def find_token(
-    headers: Mapping[str, str], subprotocols: Sequence[str], raw_query: bytes, allow_query: bool
-) -> tuple[str, Transport] | None:
-    """The token and where it travelled, in the contract's order; None when there is none.
-
-    Raises TokenSearchError when a transport is present but unusable (an ``Authorization`` header
-    that is not ``Bearer``, two ``bearer.`` subprotocols, a query value with other characters than
-    a compact JWS has): that is ``token_malformed``, not a reason to look elsewhere.
-    """
-    authorization = headers.get("authorization")
-    if authorization is not None:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise TokenSearchError("authorization is not Bearer")
-        return value.strip(), "header"
-    bearers = [p[len(BEARER_PREFIX):] for p in subprotocols if p.startswith(BEARER_PREFIX)]
-    if bearers:
-        if len(bearers) > 1:
-            raise TokenSearchError("more than one bearer subprotocol")
-        return bearers[0], "subprotocol"
-    if allow_query and raw_query:
-        # The literal parameter only, undecoded: a JWS needs no escaping, and a spelling such as
-        # %74oken= would slip past the log redaction.
-        found = _QUERY_TOKEN.findall(raw_query)
-        if found:
-            if len(found) > 1:
-                raise TokenSearchError("more than one token parameter")
-            value = found[0].decode("latin-1")
-            if not _TOKEN_CHARS.match(value):
-                raise TokenSearchError("query token has characters a JWS never has")
-            return value, "query"
-    return None
 
 
 class Gatekeeper:
@@ -187,17 +148,16 @@ class Gatekeeper:
         started = time.perf_counter()
         ip = self.client_ip(request.peer, request.forwarded_for)
         subprotocol = SUBPROTOCOL if request.offers_hub_protocol else None
+        endpoint = request.endpoint.value
         try:
             admission = await self._decide(request, ip, subprotocol)
         except HandshakeRefused as refused:
             refused.subprotocol = subprotocol
-            metrics.HANDSHAKES.labels(request.endpoint.value, refused.code.value).inc()
+            metrics.bound(metrics.HANDSHAKES, endpoint, refused.code.value).inc()
             raise
         finally:
-            metrics.HANDSHAKE_SECONDS.labels(request.endpoint.value).observe(
-                time.perf_counter() - started
-            )
-        metrics.HANDSHAKES.labels(request.endpoint.value, "accepted").inc()
+            metrics.bound(metrics.HANDSHAKE_SECONDS, endpoint).observe(time.perf_counter() - started)
+        metrics.bound(metrics.HANDSHAKES, endpoint, "accepted").inc()
         return admission
 
     async def upgrade(self, admission: Admission, principal: Principal) -> Admission:
@@ -237,7 +197,7 @@ class Gatekeeper:
         if self._origins and (origin is None or origin.rstrip("/").lower() not in self._origins):
             raise refuse(Code.ORIGIN_FORBIDDEN)
         await self._check_address(refuse, ip)
-        conn_id = uuid.uuid4().hex
+        conn_id = new_conn_id()
         try:
             principal, transport = await self._authenticate(
                 refuse, request, subprotocols=request.subprotocols,

@@ -25,6 +25,7 @@ import os
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +40,9 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
+_BOUND: dict[tuple[object, tuple[str, ...]], Any] = {}
 
 HANDSHAKES = Counter(
     "hub_handshakes_total", "WebSocket handshakes by endpoint and outcome code", ["endpoint", "outcome"]
@@ -87,6 +91,17 @@ HTTP_HEADS_REFUSED = Counter(
 )
 # An info-style gauge (prometheus' Info type does not work in multiprocess mode); max: 1, not N.
 BUILD_INFO = Gauge("hub_build_info", "The hub's version (always 1)", ["version"], multiprocess_mode="max")
+
+
+def bound(metric: _Metric, *labels: str) -> _Metric:
+    """``metric.labels(*labels)``, looked up once: the child series of a label set is kept, so
+    that a hot path (every handshake, every connection) pays a dict look-up, not the validation
+    and locking of ``labels()``. Label values come from closed sets, so this stays small."""
+    key = (metric, labels)
+    child = _BOUND.get(key)
+    if child is None:
+        child = _BOUND[key] = metric.labels(*labels)
+    return cast(_Metric, child)
 
 
 def _version() -> str:

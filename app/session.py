@@ -51,6 +51,11 @@ class Session:
     outlives the report-only window: :meth:`on_timer` closes it 4401 with its ``would_refuse``.
     """
 
+    __slots__ = (
+        "_limits", "_over_limit", "_refilled_at", "_refresh_failures", "_tokens", "_warned",
+        "admission", "principal", "would_refuse",
+    )
+
     def __init__(self, admission: Admission, limits: Limits, now: float) -> None:
         self.admission = admission
         self.principal = admission.principal

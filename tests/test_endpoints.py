@@ -206,7 +206,11 @@ async def test_refusals_are_logged_with_context_and_never_the_token(hub: HubProc
     # An accepted connection with a query token must not leak it through uvicorn's log either.
     good = make_token("agent-query-ok", ["agent"])
     assert (await attempt(f"{hub.url}/ws/agent", token=good, transport="query")).accepted
-    await _wait_for_event(hub, "ws.connected", sub="agent-query-ok")
+    # One line per connection, at its end, with its context and duration.
+    line = await _wait_for_event(hub, "ws.disconnected", sub="agent-query-ok")
+    assert (line["endpoint"], line["transport"], line["auth"]) == ("/ws/agent", "query", "verified")
+    assert line["client_ip"] == "127.0.0.1" and isinstance(line["duration_s"], float)
+    assert isinstance(line["conn_id"], str) and line["close"] is None
     text = hub.log_text()
     assert "token=[redacted]" in text
     for secret in (token, signature, good, good.rsplit(".", 1)[1], SECRET):

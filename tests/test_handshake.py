@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from app.handshake import TokenSearchError, find_token
 from app.netaddr import NetworkSet, client_ip
 from app.roles import Endpoint, may_command, may_connect
+from app.transports import TokenSearchError, find_token
 
 TRUSTED = NetworkSet([ipaddress.ip_network("10.0.0.0/8")])
 
