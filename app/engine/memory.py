@@ -234,10 +234,14 @@ class MemoryEngine(DelegatedMessaging):
         now = self._clock()
         expiry = now + lease_seconds
         gone: list[ConnectionInfo] = []
+        seen: dict[User, dict[str, float]] = {}
         for info in connections:
             user = (info.tenant, info.sub)
-            slots = self._live_slots(user, now)
-            self._slots[user] = slots
+            slots = seen.get(user)
+            if slots is None:
+                # Purged once per user: a user with thousands of connections here is not O(n^2).
+                slots = seen[user] = self._live_slots(user, now)
+                self._slots[user] = slots
             if info.conn_id in slots:
                 slots[info.conn_id] = expiry
                 # A stored info is kept (a re-admission may have replaced it); a missing one is set.
