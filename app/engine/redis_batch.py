@@ -49,7 +49,12 @@ class Batcher:
             self._waiting.append((command, futures[-1]))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="engine-batch")
-        return [await future for future in futures]
+        # Every reply retrieved, the first error raised: no "exception never retrieved".
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def _flush(self) -> None:
         try:
