@@ -19,7 +19,7 @@ async def test_sessions_cut_by_the_shutdown_timeout_end_without_an_exception(tmp
     redis = RedisServer()
     redis.start()
     try:
-        server = HubProcess({**BASE_ENV, "HUB_REDIS_URL": redis.url, "HUB_SHUTDOWN_GRACE_SECONDS": "1"},
+        server = HubProcess({**BASE_ENV, "HUB_REDIS_URL": redis.url, "HUB_SHUTDOWN_GRACE_SECONDS": "0"},
                             tmp_path).start()
         sockets = []
         for i in range(4):
@@ -27,8 +27,9 @@ async def test_sessions_cut_by_the_shutdown_timeout_end_without_an_exception(tmp
                                           additional_headers={"Authorization": f"Bearer {make_token(f'cut-{i}')}"})
             assert json.loads(await ws.recv())["type"] == "welcome"
             sockets.append(ws)
-        # Redis keeps its connections and answers nothing: every session's release waits for its
-        # timeouts, longer than the drain's grace and uvicorn's after it (1 s each).
+        # Redis keeps its connections and answers nothing: every session's cleanup (presence, then
+        # its slot) waits for two socket timeouts, 2 s, against a drain that does not wait (grace
+        # 0) and uvicorn's graceful-shutdown timeout after it (at least 1 s): a second of margin.
         redis.pause()
         code = await asyncio.to_thread(server.stop, 30.0)
         assert code in (0, -15), server.log_text()[-3000:]
