@@ -42,7 +42,7 @@ HA_ROWS: tuple[tuple[str, str, str, tuple[str, str, str] | None, tuple[str, str,
 
 def cluster_victim(cluster: RedisCluster6, prefix: str) -> Callable[[], None]:
     """The kill of the cluster primary that holds 127.0.0.1's attempt window (every probe's)."""
-    key = RedisEngine(cluster.url, prefix=prefix, worker_id="bench").ip_key("127.0.0.1", "rate")
+    key = RedisEngine(cluster.url, prefix=prefix, worker_id="bench").keys.ip_key("127.0.0.1", "rate")
     return cluster.primary_of(key).kill
 
 

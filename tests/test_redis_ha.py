@@ -47,7 +47,7 @@ def _victim(group: RedisCluster6 | SentinelGroup, prefix: str, sub: str) -> Call
     if isinstance(group, SentinelGroup):
         return group.primary.kill
     engine = RedisEngine(group.url, prefix=prefix, worker_id="probe")
-    node = group.primary_of(engine.user_key(sub, "slots"))
+    node = group.primary_of(engine.keys.user_key(sub, "slots"))
     assert node is group.primary_of(engine.channel)
     return node.kill
 
@@ -61,7 +61,7 @@ def _subs_on_messaging_node(group: RedisCluster6 | SentinelGroup, prefix: str) -
     target = group.primary_of(engine.channel)
     owners = group.slot_owners()
     return [sub for sub in candidates
-            if owners[key_slot(engine.user_key(sub, "slots").encode())] == target.port]
+            if owners[key_slot(engine.keys.user_key(sub, "slots").encode())] == target.port]
 
 
 async def _agent(server: HubProcess, sub: str) -> Peer:

@@ -17,12 +17,10 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   spelling), so a different spelling of the same address shares its window and ban.
 - A slot's :class:`ConnectionInfo` lives and dies with the slot (released, expired or swept
   together). A slot admitted without ``info`` holds its place but is not listed.
-- Presence entries are leased like slots; "most recently connected" is the order of
-  :meth:`MemoryEngine.agent_online` calls (a counter, not the clock, so ties cannot happen).
-- :meth:`MemoryEngine.renew` and :meth:`MemoryEngine.renew_agents` re-establish what ran out
-  (e.g. the event loop stalled past a lease): the slot and its info, even past the maximum; the
-  presence entry in its old place in the order when still known, else below every live connection
-  of the agent (the newest only when it is alone). A live slot without info gets the given one.
+- :meth:`MemoryEngine.renew` re-establishes a slot that ran out (e.g. the event loop stalled past
+  a lease) with its info, within the maximum; a live slot without info gets the given one.
+- Presence is a :class:`~app.engine.memory_presence.MemoryPresence` and the event history a
+  :class:`~app.engine.memory_history.MemoryHistory` (see their modules).
 - Control events and routed messages are delegated to a
   :class:`~app.engine.memory_pubsub.LocalMessaging` (see its module for their guarantees).
 """
@@ -30,12 +28,10 @@ Guarantees beyond :class:`app.engine.base.Engine`:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -57,6 +53,7 @@ from app.engine.base import (
     UserVerdict,
 )
 from app.engine.memory_history import MemoryHistory
+from app.engine.memory_presence import MemoryPresence
 from app.engine.memory_pubsub import LocalMessaging
 from app.errors import Code
 
@@ -93,15 +90,6 @@ class _Log:
         return max(1, math.ceil(self.times[0] + self.window - now))
 
 
-@dataclass(slots=True)
-class _Presence:
-    """One connection serving an agent: its worker, its connection order, its lease expiry."""
-
-    worker: str
-    order: int
-    expiry: float
-
-
 class MemoryEngine(DelegatedMessaging):
     """The in-process engine (see the module docstring for its guarantees)."""
 
@@ -128,9 +116,7 @@ class MemoryEngine(DelegatedMessaging):
         self._slots: dict[User, dict[str, float]] = {}
         # user -> conn_id -> info; a subset of _slots' entries, purged with them.
         self._info: dict[User, dict[str, ConnectionInfo]] = {}
-        # tenant -> agent_id -> conn_id -> presence.
-        self._agents: dict[str, dict[str, dict[str, _Presence]]] = {}
-        self._order = itertools.count(1)
+        self._presence = MemoryPresence(worker_id, clock)
         self._messaging = LocalMessaging(worker_id=worker_id)
         self._history = MemoryHistory(clock)
         self._sweep_trigger = MIN_SWEEP_TRIGGER
@@ -303,63 +289,21 @@ class MemoryEngine(DelegatedMessaging):
     async def agent_online(
         self, tenant: str, agent_id: str, conn_id: str, *, lease_seconds: int
     ) -> bool:
-        now = self._clock()
-        conns = self._live_conns(tenant, agent_id, now)
-        was_offline = not conns
-        held = conns.get(conn_id)
-        # Re-registering a live connection keeps its place in the connection order.
-        order = held.order if held is not None else next(self._order)
-        conns[conn_id] = _Presence(self.worker_id, order, now + lease_seconds)
-        self._agents.setdefault(tenant, {})[agent_id] = conns
-        return was_offline
+        return self._presence.online(tenant, agent_id, conn_id, lease_seconds)
 
     async def agent_offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
-        conns = self._live_conns(tenant, agent_id, self._clock())
-        conns.pop(conn_id, None)
-        if not conns:
-            self._forget_agent(tenant, agent_id)
-        return not conns
+        return self._presence.offline(tenant, agent_id, conn_id)
 
     async def renew_agents(
         self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int
     ) -> None:
-        now = self._clock()
-        expiry = now + lease_seconds
-        revived = 0
-        for tenant, agent_id, conn_id in entries:
-            # Read before the purge: an expired entry not yet dropped still knows its order.
-            stale = self._agents.get(tenant, {}).get(agent_id, {}).get(conn_id)
-            conns = self._live_conns(tenant, agent_id, now)
-            held = conns.get(conn_id)
-            if held is not None:
-                held.expiry = expiry
-                continue
-            # Re-established (the connection is open): it keeps its place in the connection
-            # order when known; else it ranks below every live connection of the agent, so it
-            # never takes "most recent" from a newer one (it is the newest only when alone).
-            if stale is not None:
-                order = stale.order
-            elif conns:
-                order = min(p.order for p in conns.values()) - 1
-            else:
-                order = next(self._order)
-            conns[conn_id] = _Presence(self.worker_id, order, expiry)
-            self._agents.setdefault(tenant, {})[agent_id] = conns
-            revived += 1
-        if revived:
-            log.warning("engine.presence_revived", count=revived)
+        self._presence.renew(entries, lease_seconds)
 
     async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
-        conns = self._live_conns(tenant, agent_id, self._clock())
-        if not conns:
-            return None
-        conn_id, newest = max(conns.items(), key=lambda item: item[1].order)
-        return newest.worker, conn_id
+        return self._presence.locate(tenant, agent_id)
 
     async def online_agents(self, tenant: str) -> set[str]:
-        now = self._clock()
-        agents = self._agents.get(tenant, {})
-        return {a for a in list(agents) if self._live_conns(tenant, a, now)}
+        return self._presence.online_agents(tenant)
 
     # -- event history -----------------------------------------------------------------------
 
@@ -385,7 +329,7 @@ class MemoryEngine(DelegatedMessaging):
             + len(self._bans)
             + len(self._user_rate)
             + len(self._slots)
-            + len(self._agents)
+            + len(self._presence)
         )
 
     def sweep(self) -> None:
@@ -400,9 +344,7 @@ class MemoryEngine(DelegatedMessaging):
             self._live_slots(user, now)
         for user in [u for u in self._info if u not in self._slots]:
             del self._info[user]
-        for tenant in list(self._agents):
-            for agent_id in list(self._agents.get(tenant, {})):
-                self._live_conns(tenant, agent_id, now)
+        self._presence.sweep()
         self._history.sweep()
         self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 
@@ -443,24 +385,6 @@ class MemoryEngine(DelegatedMessaging):
             infos.pop(conn_id, None)
             if not infos:
                 del self._info[user]
-
-    def _live_conns(self, tenant: str, agent_id: str, now: float) -> dict[str, _Presence]:
-        """The unexpired connections of one agent; emptied containers are dropped."""
-        conns = self._agents.get(tenant, {}).get(agent_id)
-        if conns is None:
-            return {}
-        for conn_id in [c for c, p in conns.items() if p.expiry <= now]:
-            del conns[conn_id]
-        if not conns:
-            self._forget_agent(tenant, agent_id)
-        return conns
-
-    def _forget_agent(self, tenant: str, agent_id: str) -> None:
-        agents = self._agents.get(tenant)
-        if agents is not None:
-            agents.pop(agent_id, None)
-            if not agents:
-                del self._agents[tenant]
 
     def _after_insert(self) -> None:
         # Amortised O(1): a full sweep only once the tables have doubled since the last one.

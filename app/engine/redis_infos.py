@@ -15,11 +15,6 @@ from app.engine.base import ConnectionInfo
 log = structlog.get_logger("app.engine")
 
 
-def glob_escape(value: str) -> str:
-    """``value`` matched literally by a Redis glob (SCAN MATCH)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
-
-
 def info_json(info: ConnectionInfo) -> str:
     return json.dumps(dataclasses.asdict(info), separators=(",", ":"))
 

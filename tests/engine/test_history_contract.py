@@ -77,7 +77,7 @@ async def test_workers_share_one_sequence_and_a_lost_history_gets_a_new_epoch(
     held = (await w2.read_history("", {"ag": 14}, policy=POLICY))["ag"]
     assert [s for s, _ in held.events] == [16, 17, 18, 19, 20]
     # Redis lost the history (a flush, an eviction, a restart without persistence).
-    await w1._client.delete(*w1.history_keys("", "ag"))
+    await w1._client.delete(*w1.keys.history_keys("", "ag"))
     epoch, seq = await w2.append_event("", "ag", "again", policy=POLICY)
     assert seq == 1 and epoch not in epochs
 
@@ -91,7 +91,7 @@ async def test_a_counter_that_went_back_starts_a_new_epoch(any_redis_factory: Re
     epoch = last[0]
     assert last == (epoch, 3)
     # A failover lost the last increment (asynchronous replication): the promoted replica says 2.
-    meta, _ = engine.history_keys("", "ag")
+    meta, _ = engine.keys.history_keys("", "ag")
     await engine._client.hset(meta, "s", 2)
     # Told what it gave out last, the engine never gives 3 again under the same epoch...
     fresh = await engine.append_event("", "ag", "after", policy=POLICY, last=last)
@@ -106,7 +106,7 @@ async def test_a_counter_that_went_back_starts_a_new_epoch(any_redis_factory: Re
 @pytest.mark.redis
 async def test_history_keys_are_in_one_slot_and_expire(any_redis_factory: RedisFactory) -> None:
     engine = await any_redis_factory("w1")
-    meta, stream = engine.history_keys("t{1}", "a}{:*")
+    meta, stream = engine.keys.history_keys("t{1}", "a}{:*")
     assert meta.split("{h:")[1].split("}")[0] == stream.split("{h:")[1].split("}")[0]
     await engine.append_event("t{1}", "a}{:*", "1", policy=HistoryPolicy(size=3, seconds=60))
     client = engine._client
@@ -118,10 +118,10 @@ async def test_a_retried_append_is_answered_again_not_appended_twice(any_redis_f
     # redis-py re-sends a command once when its connection drops; the reply of the first run may
     # have been lost with it. The same call (same nonce) must not number the event twice.
     engine = await any_redis_factory("w1")
-    keys = engine.history_keys("", "retried")
+    keys = engine.keys.history_keys("", "retried")
     args: list[str | int] = ["nonce-1", 5, 300, 3600, '"payload"']
-    first = await engine._run("append_event", keys, args)
-    again = await engine._run("append_event", keys, args)
+    first = await engine._scripts.run("append_event", keys, args)
+    again = await engine._scripts.run("append_event", keys, args)
     assert again == first and int(first[1]) == 1
     assert await engine._client.xlen(keys[1]) == 1
     _, seq = await engine.append_event("", "retried", '"next"', policy=POLICY)

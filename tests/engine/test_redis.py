@@ -199,7 +199,7 @@ async def test_awkward_subjects_get_their_own_cluster_safe_keys(
         assert re.fullmatch(rf"{prefix}:\{{u:[A-Za-z0-9_-]*\}}:(slots|rate)", key), key
         assert (await raw.pttl(key)) > 0, f"{key} has no TTL"
     for sub in subs:
-        slots, rate = engine.user_key(sub, "slots"), engine.user_key(sub, "rate")
+        slots, rate = engine.keys.user_key(sub, "slots"), engine.keys.user_key(sub, "rate")
         assert key_slot(slots.encode()) == key_slot(rate.encode())
 
     await engine.release("a}{:b", "c0")
@@ -219,18 +219,18 @@ async def test_every_key_has_the_prefix_and_a_ttl(
     await engine.ban_ip("10.0.0.2", seconds=60)
     created = {k.decode() async for k in raw.scan_iter()} - {k.decode() for k in before}
     assert created == {
-        engine.ip_key("2001:db8::1", "rate"),
-        engine.ip_key("2001:db8::1", "fails"),
-        engine.ip_key("10.0.0.1", "ban"),
-        engine.ip_key("10.0.0.2", "ban"),
-        engine.user_key("alice", "slots"),
-        engine.user_key("alice", "rate"),
+        engine.keys.ip_key("2001:db8::1", "rate"),
+        engine.keys.ip_key("2001:db8::1", "fails"),
+        engine.keys.ip_key("10.0.0.1", "ban"),
+        engine.keys.ip_key("10.0.0.2", "ban"),
+        engine.keys.user_key("alice", "slots"),
+        engine.keys.user_key("alice", "rate"),
     }
     for key in created:
         assert key.startswith(f"{prefix}:{{")
         assert (await raw.pttl(key)) > 0, f"{key} has no TTL"
-    assert key_slot(engine.ip_key("10.0.0.1", "ban").encode()) == key_slot(
-        engine.ip_key("10.0.0.1", "fails").encode()
+    assert key_slot(engine.keys.ip_key("10.0.0.1", "ban").encode()) == key_slot(
+        engine.keys.ip_key("10.0.0.1", "fails").encode()
     )
 
 

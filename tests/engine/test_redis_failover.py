@@ -42,7 +42,7 @@ async def test_scripts_and_messaging_come_back_after_a_primary_is_killed(
     # The messaging slot's primary dies: the one that carries every channel.
     victim = cluster.primary_of(w1.channel)
     owners = cluster.slot_owners()
-    on_victim = [r for r in rows if owners[key_slot(w1.user_key(r.sub, "slots").encode())] == victim.port]
+    on_victim = [r for r in rows if owners[key_slot(w1.keys.user_key(r.sub, "slots").encode())] == victim.port]
     assert on_victim, "no user on the killed primary: the test would prove nothing"
     victim.kill()
     killed_at = time.monotonic()

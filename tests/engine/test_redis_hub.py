@@ -161,11 +161,11 @@ async def test_hub_keys_are_cluster_safe_and_expire(
     for key in keys:
         assert (await raw.pttl(key)) > 0, f"{key} has no TTL"
     for tenant in ids:
-        slot = key_slot(engine.agents_key(tenant).encode())
-        assert all(key_slot(engine.agent_key(tenant, a).encode()) == slot for a in ids)
-    assert engine.user_key("x", "info") != engine.user_key("x", "slots")
-    assert key_slot(engine.user_key("x", "info").encode()) == key_slot(
-        engine.user_key("x", "slots").encode()
+        slot = key_slot(engine.keys.agents_key(tenant).encode())
+        assert all(key_slot(engine.keys.agent_key(tenant, a).encode()) == slot for a in ids)
+    assert engine.keys.user_key("x", "info") != engine.keys.user_key("x", "slots")
+    assert key_slot(engine.keys.user_key("x", "info").encode()) == key_slot(
+        engine.keys.user_key("x", "slots").encode()
     )
     # The tenant-wide channel cannot be an agent's: base64url has no "*".
     assert engine.agent_channel("t", "*").endswith(":*")
@@ -288,8 +288,8 @@ async def test_renewals_rebuild_slots_info_and_presence_after_redis_lost_its_dat
     try:
         keys = [k.decode() async for k in raw.scan_iter(match=f"{prefix}:*")]
         assert set(keys) >= {
-            w1.user_key("alice", "slots"), w1.user_key("alice", "info"),
-            w1.agents_key("acme"), w1.agent_key("acme", "a1"), w1.agent_key("acme", "a2"),
+            w1.keys.user_key("alice", "slots"), w1.keys.user_key("alice", "info"),
+            w1.keys.agents_key("acme"), w1.keys.agent_key("acme", "a1"), w1.keys.agent_key("acme", "a2"),
         }
         for key in keys:
             assert (await raw.pttl(key)) > 0, f"{key} has no TTL"

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from app.engine.redis import SCRIPTS, RedisEngine, load_script
+from app.engine.redis import RedisEngine
+from app.engine.redis_scripts import SCRIPTS, load_script
 
 
 async def test_prefix_with_braces_is_refused() -> None:
