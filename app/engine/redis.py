@@ -325,7 +325,7 @@ class RedisEngine(DelegatedMessaging):
             # The agent's key and the worker channel are in different slots: two round trips.
             return await super().send_to_agent(tenant, agent_id, head, tail)
         keys = [self.keys.agent_key(tenant, agent_id)]
-        args = [self.worker_channel_of(""), head, tail]
+        args: list[str | int] = [self.worker_channel_of(""), head, tail]
         return bool(await self._scripts.run_batched("send_to_agent", keys, args))
 
     async def online_agents(self, tenant: str) -> set[str]:
