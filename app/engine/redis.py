@@ -145,6 +145,13 @@ class RedisEngine(DelegatedMessaging):
 
     # -- limits -------------------------------------------------------------------------------
 
+    async def _hot(self, name: str, keys: list[str], args: list[str | int]) -> Any:
+        """A script of every handshake: on one primary in the shared pipelines, so that the
+        handshakes of a reconnect storm reach Redis in a few writes (raises EngineUnavailable)."""
+        if self.target.cluster:
+            return await self._scripts.run(name, keys, args)
+        return await self._scripts.run_batched(name, keys, args)
+
     @staticmethod
     def _verdict(reply: list[int]) -> Admitted | Refused:
         verdict, retry_after = int(reply[0]), int(reply[1])
@@ -154,7 +161,7 @@ class RedisEngine(DelegatedMessaging):
 
     async def check_ip(self, ip: str, *, limit: int, window: int = 60) -> IpVerdict:
         keys = [self.keys.ip_key(ip, "ban"), self.keys.ip_key(ip, "rate")]
-        reply = await self._scripts.run("check_ip", keys, [limit, window, secrets.token_hex(8)])
+        reply = await self._hot("check_ip", keys, [limit, window, secrets.token_hex(8)])
         return self._verdict(reply)
 
     async def admit_user(
@@ -175,13 +182,13 @@ class RedisEngine(DelegatedMessaging):
             conn_id, rate_limit, max_connections, lease_seconds, window, secrets.token_hex(8),
             info_json(info) if info is not None else "",
         ]
-        return self._verdict(await self._scripts.run("admit_user", keys, args))
+        return self._verdict(await self._hot("admit_user", keys, args))
 
     async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
         keys = self.keys.user_keys(sub, tenant, "slots", "info")
         try:
-            await self._scripts.call("release", keys, [conn_id])
-        except UNAVAILABLE as exc:
+            await self._hot("release", keys, [conn_id])
+        except EngineUnavailable as exc:
             # The lease runs out by itself within lease_seconds; nothing else to do.
             log.warning("engine.release_failed", error=type(exc).__name__)
 

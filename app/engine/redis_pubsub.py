@@ -94,7 +94,7 @@ class RedisMessaging:
         self.channel = f"{self._tag}:control"
         self.worker_channel = self.worker_channel_of(worker_id)
         self._client = client
-        # Routed messages (and the engine's scripts on the routing path) share pipelines.
+        # Routed messages and the engine's scripts of every handshake and message share pipelines.
         self.batch = Batcher(client)
         self._target = target
         self._sharded = target.cluster
