@@ -86,7 +86,7 @@ ADMIN_AUDIT_FAILURES = Counter("hub_admin_audit_failures_total", "Admin audit en
 EVENTS_DROPPED = Counter("hub_security_events_dropped_total", "Security events not stored")
 HTTP_HEADS_REFUSED = Counter(
     "hub_http_heads_refused_total",
-    "Request heads refused before the app (reason: timeout, too_large, malformed)",
+    "Request heads refused before the app (reason: timeout, too_large, malformed, shutdown)",
     ["reason"],
 )
 # An info-style gauge (prometheus' Info type does not work in multiprocess mode); max: 1, not N.

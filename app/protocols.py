@@ -1,9 +1,14 @@
 """The protocols ``hubctl serve`` gives uvicorn: its h11 and wsproto protocols, with the rules the
 hub needs and uvicorn lacks.
 
-:class:`HubWSProtocol`: a message over ``ws_max_size`` (which ``hubctl serve`` sets to
-``HUB_MAX_MESSAGE_BYTES``) is closed 1009 with the contract's reason ``message_too_big``, as
-soon as it passes the limit (never buffered beyond it).
+:class:`HubWSProtocol`:
+
+- A message over ``ws_max_size`` (which ``hubctl serve`` sets to ``HUB_MAX_MESSAGE_BYTES``) is
+  closed 1009 with the contract's reason ``message_too_big``, as soon as it passes the limit (never
+  buffered beyond it).
+- A handshake still undecided when the server shuts down (e.g. waiting for Redis during a
+  partition) is answered the drain's 503 ``unavailable`` with ``Retry-After``; uvicorn answered
+  500 (found by the soak: hundreds per drain). Counted as ``reason="shutdown"``.
 
 :class:`HubH11Protocol`, per connection, for every request head, WebSocket upgrades included:
 
@@ -30,6 +35,7 @@ from uvicorn.protocols.websockets.wsproto_impl import FrameTooLargeError, WSProt
 
 from app import metrics
 from app.errors import Code, spec
+from app.shutdown import unavailable_response
 
 # The same bound h11 applies to an incomplete head (see app.serve): one limit, however it arrives.
 MAX_HEAD_BYTES = 16 * 1024
@@ -138,7 +144,21 @@ class HubH11Protocol(H11Protocol):
 
 
 class HubWSProtocol(WSProtocol):
-    """uvicorn's wsproto protocol, closing oversized messages with ``message_too_big``."""
+    """uvicorn's wsproto protocol, closing oversized messages with ``message_too_big`` and
+    refusing handshakes cut by the shutdown with 503 ``unavailable`` (see the module docstring)."""
+
+    def shutdown(self) -> None:
+        if not self.handshake_complete and not self.response_started and not self.close_sent:
+            metrics.HTTP_HEADS_REFUSED.labels("shutdown").inc()
+            status, headers, body = unavailable_response()
+            output = self.conn.send(wsproto.events.RejectConnection(
+                status_code=status, headers=[*headers, (b"connection", b"close")], has_body=True))
+            output += self.conn.send(wsproto.events.RejectData(data=body))
+            self.transport.write(output)
+            # uvicorn's own shutdown then sends nothing more (its 500 needs no response started)
+            # and closes the transport; the app's later answer finds the client disconnected.
+            self.response_started = True
+        super().shutdown()
 
     def handle_message(self, event: wsproto.events.TextMessage | wsproto.events.BytesMessage) -> None:
         # uvicorn 0.54's handle_message, with the contract's close reason instead of its own text.

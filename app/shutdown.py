@@ -81,16 +81,22 @@ class SessionTracker:
                 tracked.sessions_open -= 1
 
 
-async def _refuse(send: Send) -> None:
-    """The drain's refusal (503 ``unavailable``, ``Retry-After: 1``) to a handshake cut before it
-    was answered; a client already gone ends the session as uvicorn expects (ClientDisconnected)."""
+def unavailable_response() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The drain's refusal: status 503, headers (``Retry-After: 1``) and the ``unavailable`` body."""
     entry = spec(Code.UNAVAILABLE)
     body = json.dumps({"error": Code.UNAVAILABLE.value, "message": entry.message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"retry-after", b"1")]
+    return entry.status, headers, body
+
+
+async def _refuse(send: Send) -> None:
+    """The drain's refusal to a handshake cut before it was answered; a client already gone ends
+    the session as uvicorn expects (ClientDisconnected)."""
+    status, headers, body = unavailable_response()
     try:
         async with asyncio.timeout(ANSWER_TIMEOUT_SECONDS):
-            await send({"type": "websocket.http.response.start", "status": entry.status, "headers": headers})
+            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})
     except ClientDisconnected:
         raise
