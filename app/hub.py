@@ -321,7 +321,10 @@ class Hub:
 
     # Routed messages ------------------------------------------------------------------------
     async def on_engine_message(self, raw: str) -> None:
-        """One routed message from the engine. Malformed ones are logged and dropped."""
+        """One routed message from the engine. Malformed ones are logged and dropped; so is one
+        whose handling needs the engine while it is unavailable (e.g. telling an operator that
+        the agent left: the operator's command then times out, as during any Redis fault)."""
+        kind = "?"
         try:
             envelope = json.loads(raw)
             kind = envelope["k"]
@@ -343,6 +346,8 @@ class Hub:
                     agent_id=envelope["a"], status=envelope["s"])))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("hub.bad_routed_message", error=type(exc).__name__)
+        except EngineUnavailable as exc:
+            log.warning("hub.routing_failed", kind=kind, error=str(exc))
 
     async def _deliver_command(self, envelope: dict[str, Any]) -> None:
         conn = self._lookup(envelope["c"])
