@@ -134,6 +134,10 @@ class DashboardClient(HubClient):
             finally:
                 self._results.pop(command_id, None)
                 self._command_refs.pop(ref, None)
+                if future.done() and not future.cancelled():
+                    # Failed by a disconnect just as the timeout cancelled this task: retrieved
+                    # here, not reported by asyncio as "Future exception was never retrieved".
+                    future.exception()
         return result.payload
 
     async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:

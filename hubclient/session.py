@@ -214,6 +214,10 @@ class HubClient:
             raise ConnectionLost("the session closed before the hub answered") from None
         finally:
             self._waiters.pop(ref, None)
+            if future.done() and not future.cancelled():
+                # The reader may have failed it while the send was failing: the same loss, and
+                # not left for asyncio to report as "Future exception was never retrieved".
+                future.exception()
 
     async def ping(self, timeout: float = 10.0) -> None:
         """Round trip a ``ping`` (proves the session is alive end to end)."""
