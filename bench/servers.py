@@ -80,6 +80,18 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+def open_sockets(pid: int) -> int:
+    """How many sockets the process holds open (its client connections, and a few more)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("socket:"):
+                count += 1
+        except OSError:  # closed meanwhile
+            continue
+    return count
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time (seconds) consumed so far by these processes."""
     total = 0

@@ -80,8 +80,12 @@ def test_the_invariants_catch_what_they_are_for() -> None:
                "agent_reconnected": False, "recovered": True, "agent_refused": False}],
         command_timeouts=[30.0, 105.0],
         log_findings=[{"host": "a", "t": 70.0, "line": "Exception in ASGI application: RuntimeError"}],
-        # Judged from the second half once the faults settled (+165 s), where it grows.
-        rss={"a:1": [(float(t), 100_000 + (t * 400 if t > 150 else 0)) for t in range(0, 201)]},
+        # Judged from the second half once the faults settled (+165 s), where both grow: a:1 with
+        # as many sockets (a leak), b:2 with its clients coming back (load: not judged).
+        rss={"a:1": [(float(t), 100_000 + (t * 400 if t > 150 else 0)) for t in range(0, 201)],
+             "b:2": [(float(t), 100_000 + (t * 400 if t > 150 else 0)) for t in range(0, 201)]},
+        sockets={"a:1": [(float(t), 500) for t in range(0, 201)],
+                 "b:2": [(float(t), 500 + (t * 4 if t > 150 else 0)) for t in range(0, 201)]},
         end={"t": 200.0, "live": 5, "slots": 6, "slots_after_stop": 1, "seconds_to_zero": 40},
         measured_from=0.0, measured_to=200.0,
     )
@@ -95,4 +99,4 @@ def test_the_invariants_catch_what_they_are_for() -> None:
     assert [v.t for v in found["event_not_recovered"]] == [47.0, 153.0, 172.0]
     assert [v.t for v in found["unavailable_outside_fault"]] == [50.0]
     assert [v.t for v in found["log"]] == [70.0]
-    assert len(found["rss_growth"]) == 1
+    assert [v.detail.split(":")[0] for v in found["rss_growth"]] == ["a"]

@@ -73,6 +73,8 @@ class Record:
     """Error-level log events by name, handled ones included (for the report)."""
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     """worker label -> [(t, KiB)], sampled once a second while that worker lived."""
+    sockets: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    """worker label -> [(t, open sockets)], sampled with the RSS (its connections' load)."""
     end: dict[str, Any] = field(default_factory=dict)
     """``t``, ``live`` (clients' sessions), ``slots`` (held in Redis), ``slots_after_stop``."""
     measured_from: float = 0.0
@@ -85,7 +87,9 @@ class Record:
     def from_json(cls, data: dict[str, Any]) -> Record:
         """The record of an earlier run (``soak.json``), to judge and report it again."""
         fields = {**data, "faults": [Fault(**f) for f in data["faults"]],
-                  "rss": {k: [(float(t), int(kib)) for t, kib in v] for k, v in data["rss"].items()}}
+                  "rss": {k: [(float(t), int(kib)) for t, kib in v] for k, v in data["rss"].items()},
+                  "sockets": {k: [(float(t), int(n)) for t, n in v]
+                              for k, v in data.get("sockets", {}).items()}}
         return cls(**fields)
 
 
@@ -235,21 +239,24 @@ def rss_window(record: Record) -> tuple[float, float]:
 
 def rss_flat(record: Record) -> list[Violation]:
     """Every worker alive over the whole of :func:`rss_window` grew less than 5% across it
-    (medians of its first and last five samples there, so that one busy second does not count)."""
+    (medians of its first and last five samples there, so that one busy second does not count),
+    unless its open sockets grew more than that too: a worker that clients move back to after a
+    drain grows by their sessions, which is load, not a leak (it is reported, not judged)."""
     found = []
-    for label, growth, first, last in _growth(record):
-        if growth >= RSS_GROWTH_LIMIT:
+    for label, growth, first, last, load in _growth(record):
+        if growth >= RSS_GROWTH_LIMIT and (load is None or load < RSS_GROWTH_LIMIT):
             found.append(Violation("rss_growth", record.measured_to,
                                    f"{label}: {first / 1024:.0f} -> {last / 1024:.0f} MiB (+{growth:.1%})"))
     return found
 
 
-def rss_growth(record: Record) -> dict[str, float]:
-    """Per worker checked by :func:`rss_flat`, its growth over the window (for the report)."""
-    return {label: growth for label, growth, _, _ in _growth(record)}
+def rss_growth(record: Record) -> dict[str, tuple[float, float | None]]:
+    """Per worker checked by :func:`rss_flat`: its RSS growth over the window and its open
+    sockets' (None when not sampled), for the report."""
+    return {label: (growth, load) for label, growth, _, _, load in _growth(record)}
 
 
-def _growth(record: Record) -> list[tuple[str, float, float, float]]:
+def _growth(record: Record) -> list[tuple[str, float, float, float, float | None]]:
     low, high = rss_window(record)
     found = []
     for label, samples in record.rss.items():
@@ -259,7 +266,12 @@ def _growth(record: Record) -> list[tuple[str, float, float, float]]:
         if len(window) < 10:
             continue
         first, last = statistics.median(window[:5]), statistics.median(window[-5:])
-        found.append((label, (last - first) / first, first, last))
+        sockets = [n for t, n in record.sockets.get(label, []) if low <= t <= high]
+        load = None
+        if len(sockets) >= 10:
+            before, after = statistics.median(sockets[:5]), statistics.median(sockets[-5:])
+            load = (after - before) / max(before, 1)
+        found.append((label, (last - first) / first, first, last, load))
     return found
 
 

@@ -12,7 +12,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.soak.invariants import CHECKS, Record, Violation, rss_growth, rss_window, unanswered_in_faults
+from bench.soak.invariants import (
+    CHECKS,
+    RSS_GROWTH_LIMIT,
+    Record,
+    Violation,
+    rss_growth,
+    rss_window,
+    unanswered_in_faults,
+)
 
 TITLES = {
     "connection_limit": "no user above the limit (clients count each second, Redis slots every 2 s)",
@@ -56,7 +64,9 @@ def summary(record: Record, violations: list[Violation], meta: dict[str, Any]) -
             g["missing"] for g in record.gaps if g["dashboard_reconnected"] and g.get("recovered") is False),
         "commands_unanswered_in_faults": unanswered_in_faults(record),
         "error_log_events": record.log_errors,
-        "rss_growth_second_half": {k: round(v, 4) for k, v in rss_growth(record).items()},
+        "rss_growth_second_half": {k: round(v, 4) for k, (v, _) in rss_growth(record).items()},
+        "sockets_growth_second_half": {k: None if n is None else round(n, 4)
+                                       for k, (_, n) in rss_growth(record).items()},
         "invariants": {c.__name__: by_invariant_count(c.__name__, by_invariant) for c in CHECKS},
         "violations": len(violations),
     }
@@ -125,7 +135,12 @@ def markdown(record: Record, violations: list[Violation], s: dict[str, Any]) -> 
     low, high = rss_window(record)
     lines += ["", f"## Worker memory (RSS growth from +{low - t0:.0f} s to +{high - t0:.0f} s: the second "
               "half, after the last fault settled)", ""]
-    lines += [f"- {label}: {growth:+.1%}" for label, growth in s["rss_growth_second_half"].items()]
+    sockets = s.get("sockets_growth_second_half", {})
+    for label, growth in s["rss_growth_second_half"].items():
+        load = sockets.get(label)
+        note = "" if load is None else f" (open sockets {load:+.1%}" + (
+            ": grew with its clients, not judged)" if load >= RSS_GROWTH_LIMIT else ")")
+        lines.append(f"- {label}: {growth:+.1%}{note}")
     lines += ["", "## Notes", ""] + [f"- {note}" for note in s["notes"]]
     lines += ["", "![timeline](soak.png)", ""]
     return "\n".join(lines)
