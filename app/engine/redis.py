@@ -148,8 +148,9 @@ class RedisEngine(DelegatedMessaging):
     # -- limits -------------------------------------------------------------------------------
 
     async def _hot(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        """A script of every handshake: on one primary in the shared pipelines, so that the
-        handshakes of a reconnect storm reach Redis in a few writes (raises EngineUnavailable)."""
+        """A script of every handshake or event: on one primary in the shared pipelines, so that
+        the calls of a reconnect storm or a flood reach Redis in a few writes (a cluster pipeline
+        may split: one call there). Raises EngineUnavailable."""
         if self.target.cluster:
             return await self._scripts.run(name, keys, args)
         return await self._scripts.run_batched(name, keys, args)
@@ -358,9 +359,7 @@ class RedisEngine(DelegatedMessaging):
         ]
         # Not in run_many (it resends a whole pipeline); a retry of the same call is answered,
         # not appended, again. On one primary it shares the routing path's pipelines.
-        keys = self.keys.history_keys(tenant, agent_id)
-        run = self._scripts.run if self.target.cluster else self._scripts.run_batched
-        epoch, seq = await run("append_event", keys, args)
+        epoch, seq = await self._hot("append_event", self.keys.history_keys(tenant, agent_id), args)
         return text(epoch), int(seq)
 
     async def read_history(

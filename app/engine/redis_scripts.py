@@ -66,7 +66,7 @@ class Scripts:
     async def run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
         """Run ``name`` once; raises :class:`EngineUnavailable` when Redis fails."""
         try:
-            return await self._scripts[name](keys=keys, args=args)
+            return await self.call(name, keys, args)
         except UNAVAILABLE as exc:
             raise EngineUnavailable(f"redis {name}: {type(exc).__name__}: {exc}") from exc
 
