@@ -148,7 +148,7 @@ class HubWSProtocol(WSProtocol):
     refusing handshakes cut by the shutdown with 503 ``unavailable`` (see the module docstring)."""
 
     def shutdown(self) -> None:
-        if not self.handshake_complete and not self.response_started and not self.close_sent:
+        if not self.handshake_complete and not self.response_started:
             metrics.HTTP_HEADS_REFUSED.labels("shutdown").inc()
             status, headers, body = unavailable_response()
             output = self.conn.send(wsproto.events.RejectConnection(

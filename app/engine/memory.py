@@ -84,9 +84,9 @@ class _Log:
 
     def purge(self, now: float) -> None:
         # An attempt at t counts while now < t + window.
-        times = self.times
-        if times and times[0] <= now - self.window:
-            del times[: bisect.bisect_right(times, now - self.window)]
+        times, edge = self.times, now - self.window
+        if times and times[0] <= edge:
+            del times[: bisect.bisect_right(times, edge)]
 
     def retry_after(self, now: float) -> int:
         return max(1, math.ceil(self.times[0] + self.window - now))

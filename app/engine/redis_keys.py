@@ -33,13 +33,18 @@ class RedisKeys:
         self.prefix = prefix
 
     def user_key(self, sub: str, kind: str, tenant: str = "") -> str:
+        return f"{self._user(sub, tenant)}:{kind}"
+
+    def user_keys(self, sub: str, tenant: str, *kinds: str) -> list[str]:
+        """Several keys of one user (its ids encoded once: this is on every handshake)."""
+        user = self._user(sub, tenant)
+        return [f"{user}:{kind}" for kind in kinds]
+
+    def _user(self, sub: str, tenant: str) -> str:
         # base64url holds no ":", so "<tenant>:<sub>" cannot alias another pair; a user without a
         # tenant keeps the key it had before tenants were part of it.
         user = f"{tag(tenant)}:{tag(sub)}" if tenant else tag(sub)
-        return f"{self.prefix}:{{u:{user}}}:{kind}"
-
-    def user_keys(self, sub: str, tenant: str, *kinds: str) -> list[str]:
-        return [self.user_key(sub, kind, tenant) for kind in kinds]
+        return f"{self.prefix}:{{u:{user}}}"
 
     def ip_key(self, ip: str, kind: str) -> str:
         return f"{self.prefix}:{{ip:{tag(normalize_ip(ip))}}}:{kind}"

@@ -37,6 +37,7 @@ TITLES = {
 
 def summary(record: Record, violations: list[Violation], meta: dict[str, Any]) -> dict[str, Any]:
     ticks = record.ticks
+    growth = rss_growth(record)
     refusals: Counter[str] = Counter()
     commands: Counter[str] = Counter()
     for tick in ticks:
@@ -64,9 +65,9 @@ def summary(record: Record, violations: list[Violation], meta: dict[str, Any]) -
             g["missing"] for g in record.gaps if g["dashboard_reconnected"] and g.get("recovered") is False),
         "commands_unanswered_in_faults": unanswered_in_faults(record),
         "error_log_events": record.log_errors,
-        "rss_growth_second_half": {k: round(v, 4) for k, (v, _) in rss_growth(record).items()},
+        "rss_growth_second_half": {k: round(v, 4) for k, (v, _) in growth.items()},
         "sockets_growth_second_half": {k: None if n is None else round(n, 4)
-                                       for k, (_, n) in rss_growth(record).items()},
+                                       for k, (_, n) in growth.items()},
         "invariants": {c.__name__: by_invariant_count(c.__name__, by_invariant) for c in CHECKS},
         "violations": len(violations),
     }
