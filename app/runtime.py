@@ -18,7 +18,6 @@ from app.engine import (
     ConnectionInfo,
     ControlEvent,
     Engine,
-    EngineUnavailable,
     HistoryPolicy,
     create_engine,
 )
@@ -28,6 +27,7 @@ from app.hub import Hub
 from app.jwks import jwks_from_settings
 from app.logs import get_logger
 from app.preflight import wait_for_database
+from app.renewal import LeaseRenewal
 from app.revocations import Revocation, RevocationList
 from app.security_log import WORKER_ID, SecurityLog
 from app.session import Limits
@@ -37,7 +37,6 @@ from app.tokens import TokenVerifier
 log = get_logger("app.runtime")
 FLOOD_CHECK_SECONDS = 1.0
 CUT_SESSIONS_SECONDS = 2.0
-RENEW_RETRY_SECONDS = 2.0
 
 
 class Runtime:
@@ -79,6 +78,15 @@ class Runtime:
             command_ttl_seconds=settings.command_ttl_seconds,
             history=HistoryPolicy(settings.event_history_size, settings.event_history_seconds),
         )
+        self.renewal = LeaseRenewal(
+            self.engine,
+            leases=lambda: self.registry.leases(self.worker_id),
+            presence_leases=lambda: self.hub.presence_leases(list(self.registry)),
+            sweep=self.hub.sweep,
+            over_limit=self._close_over_limit,
+            lease_seconds=settings.connection_lease_seconds,
+            max_connections=settings.max_connections_per_user,
+        )
         self.log = get_logger("app.ws")
         self._tasks: list[asyncio.Task[None]] = []
         # Kept by app.shutdown.SessionTracker: accepted sessions not yet finished, and those the
@@ -106,7 +114,7 @@ class Runtime:
         if self.jwks is not None:
             await self.jwks.prefetch()
             self._tasks.append(asyncio.create_task(self.jwks.refresher(), name="jwks-refresh"))
-        self._tasks.append(asyncio.create_task(self._renew_leases(), name="lease-renewal"))
+        self._tasks.append(asyncio.create_task(self.renewal.run(), name="lease-renewal"))
         self._tasks.append(asyncio.create_task(self._record_floods(), name="flood-records"))
         self._tasks.append(asyncio.create_task(
             run_retention(self.store, self.settings.security_event_retention_days),
@@ -193,43 +201,6 @@ class Runtime:
             log.warning("hub.sessions_cut", worker=self.worker_id, cut=self.sessions_cut,
                         reason="still running when the graceful-shutdown timeout ran out")
         log.info("hub.stopped", worker=self.worker_id, closed=closing)
-
-    async def _renew_leases(self) -> None:
-        """Every third of a lease: renew this worker's connection and presence leases, then
-        sweep presence. Each step is bounded by half an interval, and a failed renewal is tried
-        again after RENEW_RETRY_SECONDS: during a partition one Redis call can take many of its
-        1 s timeouts to fail (each sentinel asked in turn, then retried), and a renewal that
-        waited behind the sweep and such calls let a healthy worker's leases run out after a
-        12 s partition, so other workers admitted users past the limit (found by the soak)."""
-        interval = max(1.0, self.settings.connection_lease_seconds / 3)
-        lease_seconds = self.settings.connection_lease_seconds
-        wait = interval
-        while True:
-            await asyncio.sleep(wait)
-            wait = interval
-            leases = self.registry.leases(self.worker_id)
-            if leases:
-                try:
-                    async with asyncio.timeout(interval / 2):
-                        self._close_over_limit(await self.engine.renew(
-                            leases, lease_seconds=lease_seconds,
-                            max_connections=self.settings.max_connections_per_user))
-                        await self.engine.renew_agents(
-                            self.hub.presence_leases(list(self.registry)), lease_seconds=lease_seconds
-                        )
-                except (EngineUnavailable, TimeoutError):
-                    log.warning("engine.renew_failed", connections=len(leases))
-                    wait = min(interval, RENEW_RETRY_SECONDS)
-                    continue
-                except Exception:
-                    log.exception("engine.renew_error")
-            try:
-                async with asyncio.timeout(interval / 2):
-                    await self.hub.sweep()
-            except (EngineUnavailable, TimeoutError):
-                log.warning("engine.presence_sweep_failed")
-            except Exception:
-                log.exception("engine.presence_sweep_error")
 
     def _close_over_limit(self, refused: list[ConnectionInfo]) -> None:
         """Close the connections whose slot lapsed and was taken by others meanwhile (an outage

@@ -1,0 +1,117 @@
+"""Lease renewal: keep this worker's connection slots and agent presence alive in the engine.
+
+Every third of a lease the worker writes back the lease of each of its open connections, then
+sweeps presence. The renewal must get through before any lease runs out, even on a worker that is
+saturated (a reconnect storm) or whose Redis link just came back:
+
+- Each step is bounded by half an interval: a Redis call during a partition can take many of its
+  1 s timeouts to fail (each sentinel asked in turn, then retried).
+- A renewal that failed or was cut is tried again after ``RENEW_RETRY_SECONDS``, not a whole
+  interval later.
+- Connections are renewed in chunks, and a cut renewal is resumed where it stopped. Starting over
+  from the first connection each time would renew the same head again and again while the tail's
+  leases ran out: other workers then admit those users past the limit (found by the soak).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from app.engine import ConnectionInfo, Engine, EngineUnavailable
+from app.logs import get_logger
+
+log = get_logger("app.renewal")
+RENEW_RETRY_SECONDS = 2.0
+# Connections per engine.renew call: the progress a renewal cut by its time bound keeps.
+RENEW_CHUNK = 500
+
+
+class RenewalCursor:
+    """Where the next renewal starts: just after the last chunk that got through.
+
+    The order of the connections is the registry's (insertion order); connections that come
+    and go shift it a little, which only moves the starting point."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def chunks(self, leases: Sequence[ConnectionInfo], size: int) -> list[Sequence[ConnectionInfo]]:
+        """``leases`` from the cursor on, wrapped around, in chunks of at most ``size``."""
+        if not leases:
+            return []
+        start = self._next % len(leases)
+        self._next = start
+        order = [*leases[start:], *leases[:start]]
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def advance(self, done: int) -> None:
+        """``done`` more connections were renewed."""
+        self._next += done
+
+
+class LeaseRenewal:
+    """The renewal loop of one worker (see the module docstring for its guarantees)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        leases: Callable[[], list[ConnectionInfo]],
+        presence_leases: Callable[[], list[tuple[str, str, str]]],
+        sweep: Callable[[], Awaitable[None]],
+        over_limit: Callable[[list[ConnectionInfo]], None],
+        lease_seconds: int,
+        max_connections: int,
+    ) -> None:
+        self._engine = engine
+        self._leases = leases
+        self._presence_leases = presence_leases
+        self._sweep = sweep
+        self._over_limit = over_limit
+        self._lease_seconds = lease_seconds
+        self._max_connections = max_connections
+        self.interval = max(1.0, lease_seconds / 3)
+        self.cursor = RenewalCursor()
+
+    async def run(self) -> None:
+        """Renew, then sweep presence, every interval; forever (cancel to stop)."""
+        wait = self.interval
+        while True:
+            await asyncio.sleep(wait)
+            if not await self.renew():
+                wait = min(self.interval, RENEW_RETRY_SECONDS)
+                continue
+            wait = self.interval
+            try:
+                async with asyncio.timeout(self.interval / 2):
+                    await self._sweep()
+            except (EngineUnavailable, TimeoutError):
+                log.warning("engine.presence_sweep_failed")
+            except Exception:
+                log.exception("engine.presence_sweep_error")
+
+    async def renew(self) -> bool:
+        """One renewal, bounded by half an interval; False when it failed or was cut."""
+        leases = self._leases()
+        if not leases:
+            return True
+        renewed = 0
+        try:
+            async with asyncio.timeout(self.interval / 2):
+                for chunk in self.cursor.chunks(leases, RENEW_CHUNK):
+                    self._over_limit(await self._engine.renew(
+                        chunk, lease_seconds=self._lease_seconds,
+                        max_connections=self._max_connections))
+                    self.cursor.advance(len(chunk))
+                    renewed += len(chunk)
+                await self._engine.renew_agents(
+                    self._presence_leases(), lease_seconds=self._lease_seconds
+                )
+        except (EngineUnavailable, TimeoutError) as exc:
+            log.warning("engine.renew_failed", connections=len(leases), renewed=renewed,
+                        error=type(exc).__name__)
+            return False
+        except Exception:
+            log.exception("engine.renew_error")
+        return True

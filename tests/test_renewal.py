@@ -1,0 +1,73 @@
+"""Lease renewal (app.renewal): a renewal cut by its time bound resumes where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import pytest
+
+from app import renewal
+from app.engine import ConnectionInfo
+from app.engine.memory import MemoryEngine
+from app.renewal import LeaseRenewal, RenewalCursor
+
+
+def conn(n: int) -> ConnectionInfo:
+    return ConnectionInfo(f"c{n}", f"user{n}", "/ws/agent", "192.0.2.1", "w1", 1.0)
+
+
+class SlowEngine(MemoryEngine):
+    """The embedded engine on a saturated worker: each renew call takes ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(worker_id="w1")
+        self.delay = delay
+        self.renewed: list[str] = []
+
+    async def renew(
+        self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
+    ) -> list[ConnectionInfo]:
+        batch = list(connections)
+        await asyncio.sleep(self.delay)
+        self.renewed += [info.conn_id for info in batch]
+        return await super().renew(batch, lease_seconds=lease_seconds, max_connections=max_connections)
+
+
+def test_cursor_wraps_around_from_where_it_stopped() -> None:
+    cursor = RenewalCursor()
+    leases = [conn(n) for n in range(5)]
+    assert [[c.conn_id for c in chunk] for chunk in cursor.chunks(leases, 2)] == [
+        ["c0", "c1"], ["c2", "c3"], ["c4"]]
+    cursor.advance(2)
+    assert [[c.conn_id for c in chunk] for chunk in cursor.chunks(leases, 2)] == [
+        ["c2", "c3"], ["c4", "c0"], ["c1"]]
+    cursor.advance(3)
+    # Fewer connections than the cursor's position (some closed): it wraps.
+    assert [c.conn_id for c in cursor.chunks(leases[:4], 10)[0]] == ["c1", "c2", "c3", "c0"]
+    assert cursor.chunks([], 2) == []
+
+
+async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10 connections in chunks of 2; each chunk takes 0.3 s and a renewal is bounded by 0.5 s
+    # (a 3 s lease: an interval of 1 s), so every renewal is cut after one chunk. Starting over
+    # each time would renew c0 and c1 forever and let the others' leases run out.
+    monkeypatch.setattr(renewal, "RENEW_CHUNK", 2)
+    engine = SlowEngine(delay=0.3)
+    leases = [conn(n) for n in range(10)]
+    closed: list[ConnectionInfo] = []
+    loop = LeaseRenewal(
+        engine, leases=lambda: leases, presence_leases=list, sweep=engine.close,
+        over_limit=closed.extend, lease_seconds=3, max_connections=10,
+    )
+    results = [await loop.renew() for _ in range(5)]
+    assert results[0] is False, "the bound did not cut the renewal"
+    assert set(engine.renewed) == {info.conn_id for info in leases}
+    assert closed == []
+    # Without the delay one renewal gets through whole.
+    engine.delay = 0
+    engine.renewed.clear()
+    assert await loop.renew() is True
+    assert sorted(engine.renewed) == sorted(info.conn_id for info in leases)
