@@ -92,6 +92,17 @@ class _Log:
         return max(1, math.ceil(self.times[0] + self.window - now))
 
 
+class _Slot:
+    """One connection's slot: its lease expiry and, when given, its info (one object per
+    connection, not two dicts per user: the embedded engine's memory per connection counts)."""
+
+    __slots__ = ("info", "until")
+
+    def __init__(self, until: float, info: ConnectionInfo | None) -> None:
+        self.until = until
+        self.info = info
+
+
 class MemoryEngine(DelegatedMessaging):
     """The in-process engine (see the module docstring for its guarantees)."""
 
@@ -115,9 +126,7 @@ class MemoryEngine(DelegatedMessaging):
         self._ip_fails: dict[str, _Log] = {}
         self._bans: dict[str, float] = {}
         self._user_rate: dict[User, _Log] = {}
-        self._slots: dict[User, dict[str, float]] = {}
-        # user -> conn_id -> info; a subset of _slots' entries, purged with them.
-        self._info: dict[User, dict[str, ConnectionInfo]] = {}
+        self._slots: dict[User, dict[str, _Slot]] = {}
         self._presence = MemoryPresence(worker_id, clock)
         self._messaging = LocalMessaging(worker_id=worker_id)
         self._history = MemoryHistory(clock)
@@ -181,16 +190,19 @@ class MemoryEngine(DelegatedMessaging):
         if conn_id not in slots and len(slots) >= max_connections:
             return Refused(Code.CONNECTION_LIMIT)
         entry.times.append(now)
-        slots[conn_id] = now + lease_seconds
+        slot = slots.get(conn_id)
+        if slot is None:
+            slots[conn_id] = _Slot(now + lease_seconds, info)
+        else:
+            slot.until = now + lease_seconds
+            if info is not None:
+                slot.info = info
         self._slots[user] = slots
-        if info is not None:
-            self._info.setdefault(user, {})[conn_id] = info
         self._after_insert()
         return Admitted()
 
     async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
         user = (tenant, sub)
-        self._drop_info(user, conn_id)
         slots = self._slots.get(user)
         if slots is None:
             return
@@ -205,14 +217,12 @@ class MemoryEngine(DelegatedMessaging):
         if sub is not None and tenant is not None:
             users = [(tenant, sub)]
         else:
-            users = [u for u in self._info if matches_user(u, sub, tenant)]
+            users = [u for u in self._slots if matches_user(u, sub, tenant)]
         rows: list[ConnectionInfo] = []
         for user in users:
-            slots = self._live_slots(user, now)
-            infos = self._info.get(user, {})
             rows.extend(
-                info for conn_id, info in infos.items()
-                if conn_id in slots and matches(info, sub, tenant)
+                slot.info for slot in self._live_slots(user, now).values()
+                if slot.info is not None and matches(slot.info, sub, tenant)
             )
         return sort_connections(rows)
 
@@ -222,7 +232,7 @@ class MemoryEngine(DelegatedMessaging):
         now = self._clock()
         expiry = now + lease_seconds
         gone: list[ConnectionInfo] = []
-        seen: dict[User, dict[str, float]] = {}
+        seen: dict[User, dict[str, _Slot]] = {}
         for info in connections:
             user = (info.tenant, info.sub)
             slots = seen.get(user)
@@ -230,10 +240,12 @@ class MemoryEngine(DelegatedMessaging):
                 # Purged once per user: a user with thousands of connections here is not O(n^2).
                 slots = seen[user] = self._live_slots(user, now)
                 self._slots[user] = slots
-            if info.conn_id in slots:
-                slots[info.conn_id] = expiry
+            slot = slots.get(info.conn_id)
+            if slot is not None:
+                slot.until = expiry
                 # A stored info is kept (a re-admission may have replaced it); a missing one is set.
-                self._info.setdefault(user, {}).setdefault(info.conn_id, info)
+                if slot.info is None:
+                    slot.info = info
             else:
                 gone.append(info)
         # Live slots first; a lapsed one (the loop stalled past the lease) is taken again only
@@ -245,8 +257,7 @@ class MemoryEngine(DelegatedMessaging):
             if len(slots) >= max_connections:
                 refused.append(info)
                 continue
-            slots[info.conn_id] = expiry
-            self._info.setdefault(user, {})[info.conn_id] = info
+            slots[info.conn_id] = _Slot(expiry, info)
         if len(gone) > len(refused):
             log.warning("engine.leases_revived", count=len(gone) - len(refused))
             self._after_insert()
@@ -344,8 +355,6 @@ class MemoryEngine(DelegatedMessaging):
             del self._bans[ip]
         for user in list(self._slots):
             self._live_slots(user, now)
-        for user in [u for u in self._info if u not in self._slots]:
-            del self._info[user]
         self._presence.sweep()
         self._history.sweep()
         self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
@@ -368,25 +377,16 @@ class MemoryEngine(DelegatedMessaging):
             return None
         return max(1, math.ceil(until - now))
 
-    def _live_slots(self, user: User, now: float) -> dict[str, float]:
+    def _live_slots(self, user: User, now: float) -> dict[str, _Slot]:
         """The unexpired slots of ``user``; the stored entry is dropped when none is left."""
         slots = self._slots.get(user)
         if slots is None:
-            self._info.pop(user, None)
             return {}
-        for conn_id in [c for c, until in slots.items() if until <= now]:
+        for conn_id in [c for c, slot in slots.items() if slot.until <= now]:
             del slots[conn_id]
-            self._drop_info(user, conn_id)
         if not slots:
             del self._slots[user]
         return slots
-
-    def _drop_info(self, user: User, conn_id: str) -> None:
-        infos = self._info.get(user)
-        if infos is not None:
-            infos.pop(conn_id, None)
-            if not infos:
-                del self._info[user]
 
     def _after_insert(self) -> None:
         # Amortised O(1): a full sweep only once the tables have doubled since the last one.

@@ -119,7 +119,7 @@ async def test_sweep_drops_expired_presence_and_info() -> None:
     clock.advance(1.5)
     engine.sweep()
     assert engine.tracked_keys() == 0
-    assert engine._info == {}  # the info went with its slot
+    assert engine._slots == {}  # the info went with its slot
     assert await engine.list_connections() == []
 
 
