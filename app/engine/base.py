@@ -215,8 +215,10 @@ class Engine(Protocol):
 
     async def send_to_agent(self, tenant: str, agent_id: str, head: str, tail: str) -> bool:
         """:meth:`locate_agent` then :meth:`send_to_worker` of ``head + JSON(conn_id) + tail`` to
-        that connection's worker; False (nothing sent) when the agent is offline. One round trip
-        on a single Redis primary (Sentinel included), two on a Redis Cluster."""
+        that connection's worker; False when the agent is offline. On a single Redis primary
+        (Sentinel included) also False when no worker of the agent's live connections listens
+        (killed, or drained during a Redis fault, until the leases run out), and one round trip;
+        two on a Redis Cluster."""
 
     async def publish_agent(self, tenant: str, agent_id: str, message: str) -> None:
         """Deliver ``message`` to every worker watching this agent or all of ``tenant``'s agents

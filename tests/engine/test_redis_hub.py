@@ -75,6 +75,28 @@ async def test_send_to_worker_reaches_only_that_worker(any_redis_factory: RedisF
     assert await drain_until(inboxes[2], "end") == ["for w2"]
 
 
+async def test_send_to_agent_skips_a_worker_nobody_listens_for(redis_factory: RedisFactory) -> None:
+    """A drained or killed worker's presence entries outlive it until their leases run out when
+    Redis could not take them back; a command published to its channel would be lost, so the
+    next live entry gets it, and with none left the sender hears False (agent_offline)."""
+    inbox: asyncio.Queue[str] = asyncio.Queue()
+    w1 = await redis_factory(worker_id="w1", inbox=inbox)
+    gone = await redis_factory(worker_id="gone")
+    sender = await redis_factory(worker_id="sender")
+    assert await w1.agent_online("acme", "a1", "c1", lease_seconds=30) is True
+    await asyncio.sleep(0.01)  # the newer entry is gone's, the one commands go to first
+    assert await gone.agent_online("acme", "a1", "c2", lease_seconds=30) is False
+    assert await sender.locate_agent("acme", "a1") == ("gone", "c2")
+    await gone.close()  # its subscription ends; its entry stays for its lease
+
+    assert await sender.send_to_agent("acme", "a1", '{"to":', "}") is True
+    await sender.send_to_worker("w1", "end")
+    assert await drain_until(inbox, "end") == ['{"to":"c1"}']
+
+    await w1.close()
+    assert await sender.send_to_agent("acme", "a1", '{"to":', "}") is False
+
+
 async def test_publish_agent_reaches_each_watching_worker_exactly_once(
     any_redis_factory: RedisFactory,
 ) -> None:
