@@ -8,9 +8,10 @@ saturated (a reconnect storm) or whose Redis link just came back:
   1 s timeouts to fail (each sentinel asked in turn, then retried).
 - A renewal that failed or was cut is tried again after ``RENEW_RETRY_SECONDS``, not a whole
   interval later.
-- Connections are renewed in chunks, and a cut renewal is resumed where it stopped. Starting over
-  from the first connection each time would renew the same head again and again while the tail's
-  leases ran out: other workers then admit those users past the limit (found by the soak).
+- Agent presence is renewed first (one round trip), then connections in chunks, and a cut
+  renewal is resumed where it stopped. Starting over from the first connection each time would
+  renew the same head again and again while the tail's leases ran out: other workers then admit
+  those users past the limit (found by the soak).
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ class LeaseRenewal:
         renewed = 0
         try:
             async with asyncio.timeout(self.interval / 2):
+                # Presence first: one pipelined round trip, which the chunks below could
+                # otherwise leave behind at every cut renewal.
+                await self._engine.renew_agents(
+                    self._presence_leases(), lease_seconds=self._lease_seconds
+                )
                 for chunk in self.cursor.chunks(leases, RENEW_CHUNK):
                     self._over_limit(await self._engine.renew(
                         chunk, lease_seconds=self._lease_seconds,
                         max_connections=self._max_connections))
                     self.cursor.advance(len(chunk))
                     renewed += len(chunk)
-                await self._engine.renew_agents(
-                    self._presence_leases(), lease_seconds=self._lease_seconds
-                )
         except (EngineUnavailable, TimeoutError) as exc:
             log.warning("engine.renew_failed", connections=len(leases), renewed=renewed,
                         error=type(exc).__name__)
