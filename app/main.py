@@ -4,7 +4,6 @@ from the environment the first time a server asks for it (no settings exist at i
 from __future__ import annotations
 
 import asyncio
-import gc
 import multiprocessing
 import os
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from app.endpoints import refuse, unavailable
 from app.endpoints import router as ws_router
 from app.engine import EngineUnavailable
 from app.handshake import HandshakeRefused
+from app.heap import worker_heap
 from app.logs import configure_logging, get_logger, install_redaction
 from app.preflight import StartupError
 from app.runtime import Runtime
@@ -57,16 +57,10 @@ def create_app(settings: Settings) -> FastAPI:
             log.error("hub.refused_to_start", reason=str(exc))
             await runtime.store.close()
             raise SystemExit(3) from None
-        # What exists now lives as long as the worker (modules, the app, the runtime's tables):
-        # frozen, it is out of the collector's reach, and a full collection walks only what the
-        # connections allocate. Unfrozen, the first full collection after a burst of connections
-        # walked all of it and held a fan-out to 1,000 dashboards for about 140 ms.
-        gc.collect()  # startup garbage is collected, not frozen for good
-        gc.freeze()
         try:
-            yield
+            with worker_heap():  # the startup heap frozen, the collector tuned (app/heap.py)
+                yield
         finally:
-            gc.unfreeze()  # an app built again in this process (tests) starts from the same state
             await runtime.stop()
 
     install_redaction()
