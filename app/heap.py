@@ -14,7 +14,7 @@ connection's objects ran about every 10 s and took 1.2 to 2.4 s of a starved wor
   young collections keep CPython's sizes: they are what a handshake may wait for. Paced at
   200/s (2,000 handshakes, twice, one embedded worker), the p99 was 3.7-4.0 ms with these
   thresholds, 4.9-12 ms with young collections every 10,000 allocations, and 14-16 ms with
-  CPython's defaults (full collections); the machine is noisy, the order held.
+  CPython's default thresholds (full collections); the machine is noisy, the order held.
 
 Measured in the soak at 10,000 connections: the share of a worker's time in collections fell
 from 20-58% to 3-7%. Reference counting frees everything that is not in a cycle at once; only

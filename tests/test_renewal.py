@@ -24,6 +24,7 @@ class SlowEngine(MemoryEngine):
         super().__init__(worker_id="w1")
         self.delay = delay
         self.renewed: list[str] = []
+        self.presence_renewals = 0
 
     async def renew(
         self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
@@ -32,6 +33,10 @@ class SlowEngine(MemoryEngine):
         await asyncio.sleep(self.delay)
         self.renewed += [info.conn_id for info in batch]
         return await super().renew(batch, lease_seconds=lease_seconds, max_connections=max_connections)
+
+    async def renew_agents(self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int) -> None:
+        self.presence_renewals += 1
+        await super().renew_agents(entries, lease_seconds=lease_seconds)
 
 
 def test_cursor_wraps_around_from_where_it_stopped() -> None:
@@ -65,6 +70,8 @@ async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
     results = [await loop.renew() for _ in range(5)]
     assert results[0] is False, "the bound did not cut the renewal"
     assert set(engine.renewed) == {info.conn_id for info in leases}
+    # Presence goes first: a renewal cut among the connection chunks still renewed it.
+    assert engine.presence_renewals == 5
     assert closed == []
     # Without the delay one renewal gets through whole.
     engine.delay = 0
