@@ -221,7 +221,10 @@ class Hub:
         await self._set_watching(conn, state, wanted)
         try:
             histories = await self._events.read(state.tenant, after)
-            online = await self._engine.online_agents(state.tenant)
+            # "*" needs every agent's presence; named agents only their own (a tenant's
+            # thousands of agents are not read again for each dashboard's subscribe).
+            online = await self._engine.online_agents(
+                state.tenant, None if ALL in wanted else wanted)
         except EngineUnavailable:
             # No answer to the subscribe, but nothing held back stays stuck: the live events.
             metrics.ENGINE_ERRORS.labels("history").inc()

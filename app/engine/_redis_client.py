@@ -197,7 +197,7 @@ def connect_primary(target: RedisTarget, client_name: str) -> aioredis.Redis:
     }
     if target.tls:
         sentinel_kwargs["ssl"] = True
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # untyped in redis-py
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed in redis 8.2+
         list(target.hosts), sentinel_kwargs=sentinel_kwargs
     )
     client: aioredis.Redis = sentinel.master_for(

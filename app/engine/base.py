@@ -7,7 +7,7 @@ on the Redis engine) so that several hosts agree on windows and leases.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -206,8 +206,10 @@ class Engine(Protocol):
         """``(worker_id, conn_id)`` of the agent's most recently connected live connection, the
         one that receives its commands; None when it is offline. One atomic step."""
 
-    async def online_agents(self, tenant: str) -> set[str]:
-        """Agents of ``tenant`` with at least one live connection (expired leases left out)."""
+    async def online_agents(self, tenant: str, among: Collection[str] | None = None) -> set[str]:
+        """Agents of ``tenant`` with at least one live connection (expired leases left out).
+        With ``among``, only those agents are looked up: the cost follows ``len(among)``, not
+        the number of the tenant's agents."""
 
     async def send_to_worker(self, worker_id: str, message: str) -> None:
         """Deliver ``message`` to that worker's message handler (at most once; lost if the worker

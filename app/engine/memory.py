@@ -31,7 +31,7 @@ import asyncio
 import bisect
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TypeVar
 
 import structlog
@@ -315,8 +315,8 @@ class MemoryEngine(DelegatedMessaging):
     async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
         return self._presence.locate(tenant, agent_id)
 
-    async def online_agents(self, tenant: str) -> set[str]:
-        return self._presence.online_agents(tenant)
+    async def online_agents(self, tenant: str, among: Collection[str] | None = None) -> set[str]:
+        return self._presence.online_agents(tenant, among)
 
     # -- event history -----------------------------------------------------------------------
 

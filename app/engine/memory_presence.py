@@ -14,7 +14,7 @@ Guarantees (on top of the presence methods of :class:`app.engine.base.Engine`):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -97,10 +97,11 @@ class MemoryPresence:
         conn_id, newest = max(conns.items(), key=lambda item: item[1].order)
         return newest.worker, conn_id
 
-    def online_agents(self, tenant: str) -> set[str]:
+    def online_agents(self, tenant: str, among: Collection[str] | None = None) -> set[str]:
         now = self._clock()
         agents = self._agents.get(tenant, {})
-        return {a for a in list(agents) if self._live(tenant, a, now)}
+        names = list(agents) if among is None else [a for a in among if a in agents]
+        return {a for a in names if self._live(tenant, a, now)}
 
     def sweep(self) -> None:
         """Drop every entry whose lease is over."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import structlog
@@ -342,8 +342,14 @@ class RedisEngine(DelegatedMessaging):
         args: list[str | int] = [self.worker_channel_of(""), head, tail]
         return bool(await self._scripts.run_batched("send_to_agent", keys, args))
 
-    async def online_agents(self, tenant: str) -> set[str]:
-        reply = await self._scripts.run("online_agents", [self.keys.agents_key(tenant)], [])
+    async def online_agents(self, tenant: str, among: Collection[str] | None = None) -> set[str]:
+        keys = [self.keys.agents_key(tenant)]
+        if among is None:
+            reply = await self._scripts.run("online_agents", keys, [])
+        elif not among:
+            return set()
+        else:
+            reply = await self._hot("online_agents", keys, list(among))
         return {text(agent) for agent in reply}
 
     # -- event history ------------------------------------------------------------------------

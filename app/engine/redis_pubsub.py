@@ -339,7 +339,7 @@ class RedisMessaging:
                     self._pubsub = None
                 if pubsub is not None:
                     with contextlib.suppress(*UNAVAILABLE):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, SUBSCRIBER_BACKOFF_CAP)
 

@@ -152,6 +152,21 @@ async def test_presence_expires_without_renewal(engine: Engine, advance: Advance
     assert await engine.locate_agent("acme", "both") is None
 
 
+async def test_online_agents_among_looks_up_only_those(engine: Engine, advance: Advance) -> None:
+    await engine.agent_online("acme", "short", "c1", lease_seconds=1)
+    for agent in ("a1", "a2", "gone"):
+        await engine.agent_online("acme", agent, f"c-{agent}", lease_seconds=30)
+    await engine.agent_offline("acme", "gone", "c-gone")
+    await engine.agent_online("other", "a9", "c9", lease_seconds=30)
+    assert await engine.online_agents("acme", {"a1", "gone", "never", "a9", "short"}) == {"a1", "short"}
+    await advance(1.1)
+    # A lapsed lease is offline whether asked for by name or not.
+    assert await engine.online_agents("acme", ["a2", "short"]) == {"a2"}
+    assert await engine.online_agents("acme", ()) == set()
+    assert await engine.online_agents("other", {"a1", "a9"}) == {"a9"}
+    assert await engine.online_agents("acme") == {"a1", "a2"}
+
+
 async def test_renew_agents_revives_an_expired_entry(engine: Engine, advance: Advance) -> None:
     assert await engine.agent_online("acme", "a1", "c1", lease_seconds=1) is True
     await advance(1.1)
