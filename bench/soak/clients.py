@@ -10,8 +10,8 @@ Protocol with the orchestrator (:mod:`bench.soak.run`), one JSON object per line
 
 - stdout, every second: ``{"kind": "tick", ...}`` with this second's counters
   (:meth:`Stats.tick`), and ``{"kind": "ready"}`` once all slots are started;
-- stdin: ``quiesce`` (no more churn: slots keep their connections), ``count`` (answered by
-  ``{"kind": "count", "live": N}``), ``stop`` (close everything and exit).
+- stdin: ``quiesce`` (no more churn and no new session: slots keep the connections they have),
+  ``count`` (answered by ``{"kind": "count", "live": N}``), ``stop`` (close everything and exit).
 
 The token is minted here from the shared secret for each attempt; it never leaves this process
 except in the ``Authorization`` header or an ``auth.refresh``.
@@ -39,6 +39,10 @@ from hubclient import AgentClient, Backoff, DashboardClient, HubError, JsonValue
 from hubclient.messages import Error, EventDelivery, ServerMessage, Subscribed, Welcome
 
 log = logging.getLogger("soak.clients")
+
+
+class Quiesced(Exception):
+    """The token provider's answer to a new attempt after ``quiesce`` (hubclient backs off)."""
 
 
 @dataclass
@@ -201,6 +205,11 @@ class Slot:
         self.counter = 0  # an agent's event numbers continue across its connections
 
     async def token(self, client: _Tracked) -> str:
+        if self.runner.quiesced and not client.live:
+            # No session starts after quiesce, so the final count compares settled numbers:
+            # a handshake admitted but not yet welcomed holds a slot the clients cannot count.
+            # Live sessions still refresh in-band (that also asks for a token).
+            raise Quiesced
         client.attempt_started = time.monotonic()
         return mint(self.runner.secret, "HS256", self.sub, self.roles, self.runner.spec["token_ttl"])
 
