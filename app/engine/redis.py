@@ -291,16 +291,18 @@ class RedisEngine(DelegatedMessaging):
     ) -> bool:
         keys = [self.keys.agents_key(tenant), self.keys.agent_key(tenant, agent_id)]
         args: list[str | int] = [agent_id, conn_id, self.worker_id, lease_seconds]
-        return int(await self._scripts.run("agent_online", keys, args)) == 1
+        return int(await self._hot("agent_online", keys, args)) == 1
 
     async def agent_offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
         keys = [self.keys.agents_key(tenant), self.keys.agent_key(tenant, agent_id)]
         try:
-            reply = await self._scripts.call("agent_offline", keys, [agent_id, conn_id])
+            # In the shared pipelines: a drain closes thousands of agents at once, and one pooled
+            # connection each ran the pool out (MaxConnectionsError for 5,303 of them in a soak).
+            reply = await self._hot("agent_offline", keys, [agent_id, conn_id])
             return int(reply) == 1
-        except UNAVAILABLE as exc:
+        except EngineUnavailable as exc:
             # The presence lease runs out by itself; the caller announces nothing.
-            log.warning("engine.agent_offline_failed", error=type(exc).__name__)
+            log.warning("engine.agent_offline_failed", error=type(exc.__cause__ or exc).__name__)
             return False
 
     async def renew_agents(

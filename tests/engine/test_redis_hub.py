@@ -14,6 +14,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from structlog.testing import capture_logs
 
+from app.engine._redis_client import MAX_CONNECTIONS
 from app.engine.base import Admitted, ConnectionInfo
 from tests.support.redis_server import RedisServer
 
@@ -157,6 +158,22 @@ async def test_watches_are_resubscribed_after_a_redis_restart(
         assert seen == ["m-a2", "m-any"]
     names = _names(logs)
     assert names.index("engine.subscriber_lost") < names.index("engine.subscriber_restored")
+
+
+async def test_a_drain_of_more_agents_than_pooled_connections_loses_no_presence(
+    redis_factory: RedisFactory,
+) -> None:
+    """A drain closes every agent of a worker at once: more than the pool's connections."""
+    engine = await redis_factory()
+    agents = [f"a{n}" for n in range(MAX_CONNECTIONS + 200)]
+    with capture_logs() as logs:
+        online = await asyncio.gather(
+            *(engine.agent_online("acme", a, f"c-{a}", lease_seconds=30) for a in agents))
+        assert all(online)
+        offline = await asyncio.gather(*(engine.agent_offline("acme", a, f"c-{a}") for a in agents))
+    assert all(offline)
+    assert [e for e in logs if e["event"] == "engine.agent_offline_failed"] == []
+    assert await engine.online_agents("acme") == set()
 
 
 async def test_hub_keys_are_cluster_safe_and_expire(
