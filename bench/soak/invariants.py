@@ -116,8 +116,11 @@ def slots_match(record: Record) -> list[Violation]:
     if end.get("slots") is None:
         found.append(Violation("slots_leak", end.get("t", 0.0), "could not read the slots at the end"))
     elif end["slots"] != end.get("live"):
+        users = ", ".join(f"{m['user']} {m['slots']} slots/{m['live']} live"
+                          for m in end.get("mismatched", [])[:5])
         found.append(Violation("slots_leak", end["t"],
-                               f"{end['slots']} slots held for {end.get('live')} live connections"))
+                               f"{end['slots']} slots held for {end.get('live')} live connections"
+                               + (f" ({users}; details in soak.json, end.mismatched)" if users else "")))
     if end.get("slots_after_stop") != 0:
         found.append(Violation("slots_leak", end.get("t", 0.0),
                                f"{end.get('slots_after_stop')} slots still held "

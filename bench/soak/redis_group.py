@@ -8,6 +8,7 @@ and killed by PID, never by name.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
@@ -84,6 +85,28 @@ class SoakRedis:
         finally:
             client.close()
         return {key.decode(): int(n) for key, n in zip(keys, counts, strict=True) if n}
+
+    def slot_details(self, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Per slots key: each unexpired slot's connection id, seconds left on its lease and the
+        connection info the hub stored with it (endpoint, client address, connected at)."""
+        port = self.group.current_primary_port()
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
+        found: dict[str, list[dict[str, Any]]] = {}
+        try:
+            seconds, micros = client.time()
+            now_ms = seconds * 1000 + micros // 1000
+            for key in keys:
+                info_key = key.rsplit(":", 1)[0] + ":info"
+                slots = client.zrangebyscore(key, f"({now_ms}", "+inf", withscores=True)
+                infos = client.hmget(info_key, [member for member, _ in slots]) if slots else []
+                found[key] = [
+                    {"conn_id": member.decode(), "lease_left_s": round((score - now_ms) / 1000, 1),
+                     "info": info.decode() if info else None}
+                    for (member, score), info in zip(slots, infos, strict=True)
+                ]
+        finally:
+            client.close()
+        return found
 
     def close(self) -> None:
         self.group.close()

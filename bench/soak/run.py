@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from app.engine.redis_keys import RedisKeys
 from bench.servers import ROOT, free_port, open_sockets, rss_kib
 from bench.soak import hosts as hostmod
 from bench.soak.faults import Step, plan
@@ -270,12 +271,15 @@ class Soak:
                 with contextlib.suppress(ConnectionError):
                     await proc.stdin.drain()
 
-    async def _live_now(self) -> int:
+    async def _live_now(self) -> tuple[int, dict[str, int]]:
+        """Live sessions the clients count: in all, and per user."""
         await self._tell("count")
-        total = 0
+        total, per_user = 0, {}
         for _ in self.clients:
-            total += (await asyncio.wait_for(self._counts.get(), 30))["live"]
-        return total
+            count = await asyncio.wait_for(self._counts.get(), 30)
+            total += count["live"]
+            per_user.update({sub: n for sub, n in count.get("per_user", {}).items() if n})
+        return total, per_user
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -322,7 +326,7 @@ class Soak:
         # Up to three looks, 2 s apart: a session closing between the clients' count and Redis'
         # shows as one slot too many for an instant; a leaked slot stays (until its lease, 30 s).
         for look in range(END_LOOKS):
-            live = await self._live_now()
+            live, per_user = await self._live_now()
             counts = await asyncio.to_thread(self.redis.slot_counts)
             self.record.end = {"t": time.time(), "live": live, "slots": sum(counts.values()),
                                "looks": look + 1,
@@ -330,6 +334,9 @@ class Soak:
                                                 for h in self.hubs]}
             if sum(counts.values()) == live:
                 break
+            if look == END_LOOKS - 1:
+                self.record.end["mismatched"] = await asyncio.to_thread(
+                    _mismatched, counts, per_user, self.redis)
             await asyncio.sleep(2)
         await self._tell("stop")
         for proc in self.clients:
@@ -415,11 +422,27 @@ def _migrate(env: dict[str, str], workdir: Path) -> None:
                    check=True, capture_output=True, timeout=120)
 
 
+def _mismatched(counts: dict[str, int], per_user: dict[str, int], redis: SoakRedis,
+                most: int = 20) -> list[dict[str, Any]]:
+    """The users whose slots in Redis differ from the sessions their clients count, each with its
+    slots' details (what the hub stored of each connection): the evidence of a mismatch."""
+    keys = RedisKeys("hub")
+    expected = {keys.user_keys(sub, "", "slots")[0]: (sub, n) for sub, n in per_user.items()}
+    differing = [key for key in sorted(set(counts) | set(expected))
+                 if counts.get(key, 0) != expected.get(key, ("", 0))[1]][:most]
+    details = redis.slot_details(differing)
+    return [{"user": expected.get(key, (key, 0))[0], "slots": counts.get(key, 0),
+             "live": expected.get(key, ("", 0))[1], "conns": details.get(key, [])}
+            for key in differing]
+
+
 def _groups(connections: int) -> list[dict[str, Any]]:
     """Users by group: 6 agents, an operator with 3 dashboards; every 10th group also a greedy
-    user who tries limit + 2 dashboards (about 10 connections a group on average)."""
+    user who tries limit + 2 dashboards (10 live connections a group on average). One group in
+    a hundred more than ``connections`` needs: at any moment a few sessions are between two
+    connections (churn, refusals), and the run must still hold ``connections`` at its peak."""
     groups = []
-    for g in range(max(1, round(connections / 10.2))):
+    for g in range(max(1, math.ceil(connections * 1.01 / 10))):
         group: dict[str, Any] = {"agents": [f"g{g}-agent-{i}" for i in range(6)],
                                  "operator": f"g{g}-ops", "dashboards": 3}
         if g % 10 == 0:
