@@ -12,10 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.soak.clients import LATE_SECONDS, SoakDashboard, Stats
 from bench.soak.invariants import Fault, Record, Violation, check
 from tests.support.server import ROOT
 
@@ -100,3 +102,19 @@ def test_the_invariants_catch_what_they_are_for() -> None:
     assert [v.t for v in found["unavailable_outside_fault"]] == [50.0]
     assert [v.t for v in found["log"]] == [70.0]
     assert [v.detail.split(":")[0] for v in found["rss_growth"]] == ["a"]
+
+
+def test_a_late_event_fills_its_gap_and_a_missing_one_is_reported() -> None:
+    """An agent's old connection can be handled after its new one: an event that arrives after
+    a later one is late, not lost; one that never comes is a gap once its time is up."""
+    dashboard = SoakDashboard(["ws://127.0.0.1:1/ws/dashboard"], lambda: "unused")
+    dashboard.stats, dashboard.sub, dashboard.live = Stats(limit=10), "ops", True
+    dashboard.last_seen, dashboard.recovery, dashboard.open_gaps, dashboard.refused = {}, {}, [], {}
+    for n in (1, 2, 4, 3, 5, 7):  # 3 comes late; 6 never comes
+        dashboard._saw("a1", {"n": n, "s": 1})
+    dashboard.report_gaps(time.time())
+    assert dashboard.stats.gaps == []  # both still within their time
+    dashboard.report_gaps(time.time() + LATE_SECONDS + 1)
+    assert [(g["agent"], g["missing"]) for g in dashboard.stats.gaps] == [("a1", 1)]
+    assert dashboard.stats.late == 1
+    assert dashboard.open_gaps == []

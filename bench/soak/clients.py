@@ -62,6 +62,8 @@ class Stats:
     over_limit: list[dict[str, Any]] = field(default_factory=list)
     timeouts: list[float] = field(default_factory=list)
     """When each command that got neither result nor error was sent."""
+    late: int = 0
+    """Gaps filled by events that came late (after a later event of the same agent)."""
     recovered: Counter[str] = field(default_factory=Counter)
     """Answers to the automatic resubscribe after a reconnect, per agent named in ``since``:
     ``true`` (the history covered what was missed) or ``false`` (lost for good)."""
@@ -78,9 +80,9 @@ class Stats:
             "max_per_user": worst, "handshakes": self.handshakes, "latencies_ms": self.latencies_ms,
             "refusals": dict(self.refusals), "commands": dict(self.commands), "events": self.events,
             "refreshes": self.refreshes, "gaps": self.gaps, "over_limit": self.over_limit,
-            "command_timeouts": self.timeouts, "recovered": dict(self.recovered),
+            "command_timeouts": self.timeouts, "recovered": dict(self.recovered), "late": self.late,
         }
-        self.handshakes = self.events = self.refreshes = 0
+        self.handshakes = self.events = self.refreshes = self.late = 0
         self.latencies_ms, self.gaps, self.over_limit, self.timeouts = [], [], [], []
         self.refusals, self.commands, self.recovered = Counter(), Counter(), Counter()
         return line
@@ -147,10 +149,18 @@ class SoakAgent(_Tracked, AgentClient):
         super()._handle(ws, message)
 
 
+# An event may arrive after a later one of the same agent: the hub numbers events as it handles
+# them, and an agent's old connection (closing, on one worker) can be handled after its new one
+# (on another). A gap is reported only if its events are still missing this long after.
+LATE_SECONDS = 5.0
+
+
 class SoakDashboard(_Tracked, DashboardClient):
     kind = "dashboard"
     last_seen: dict[str, tuple[int, int, int, float]]
-    """agent_id -> (event number, agent session, own session, arrival time) of the last event."""
+    """agent_id -> (highest event number, agent session, own session, arrival time) so far."""
+    open_gaps: list[tuple[float, dict[str, Any], set[int]]]
+    """Gaps not reported yet: (report after, the gap, its numbers still missing)."""
     refused: dict[str, list[float]]
     recovery: dict[str, bool]
     """agent_id -> ``recovered`` of the resubscribe on the current session (hubclient sends it
@@ -181,12 +191,17 @@ class SoakDashboard(_Tracked, DashboardClient):
         now = time.time()
         self.stats.events += 1
         previous = self.last_seen.get(agent_id)
-        self.last_seen[agent_id] = (n, agent_session, self.sessions, now)
-        if previous is None or n <= previous[0] + 1:
+        if previous is not None and n <= previous[0]:
+            for _, gap, missing in self.open_gaps:  # a late one: it fills a gap, if any
+                if gap["agent"] == agent_id:
+                    missing.discard(n)
             return
-        # A gap: events previous[0]+1 .. n-1 never arrived. Whether that is allowed depends on
+        self.last_seen[agent_id] = (n, agent_session, self.sessions, now)
+        if previous is None or n == previous[0] + 1:
+            return
+        # A gap: events previous[0]+1 .. n-1 have not arrived. Whether that is allowed depends on
         # the fault windows (the orchestrator knows them) and on who reconnected meanwhile.
-        self.stats.gaps.append({
+        self.open_gaps.append((now + LATE_SECONDS, {
             "agent": agent_id, "missing": n - previous[0] - 1, "from": previous[3], "to": now,
             "dashboard_reconnected": previous[2] != self.sessions,
             "agent_reconnected": previous[1] != agent_session,
@@ -194,7 +209,19 @@ class SoakDashboard(_Tracked, DashboardClient):
             "recovered": self.recovery.get(agent_id) if previous[2] != self.sessions else None,
             # The hub answered one of the agent's events `unavailable` meanwhile (told, not lost).
             "agent_refused": any(previous[3] - 1 <= t <= now for t in self.refused.get(agent_id, ())),
-        })
+        }, set(range(previous[0] + 1, n))))
+
+    def report_gaps(self, now: float) -> None:
+        """Report the gaps whose late events had their time and did not all come."""
+        keep = []
+        for due, gap, missing in self.open_gaps:
+            if due > now:
+                keep.append((due, gap, missing))
+            elif missing:
+                self.stats.gaps.append({**gap, "missing": len(missing)})
+            else:
+                self.stats.late += 1
+        self.open_gaps = keep
 
 
 class Slot:
@@ -228,7 +255,7 @@ class Slot:
         else:
             client = SoakDashboard(self._urls(), lambda: self.token(client), backoff=backoff,
                                    open_timeout=self.runner.spec.get("open_timeout", 10))
-            client.last_seen, client.recovery = {}, {}
+            client.last_seen, client.recovery, client.open_gaps = {}, {}, []
             client.refused = self.runner.event_refusals
         client.stats, client.sub = self.runner.stats, self.sub
         client.live, client.attempt_started = False, 0.0
@@ -252,6 +279,8 @@ class Slot:
             finally:
                 await client.close()
                 self.runner.clients.discard(client)
+                if isinstance(client, SoakDashboard):
+                    client.report_gaps(float("inf"))  # no late event comes to a closed session
             await asyncio.sleep(random.uniform(0.1, 1.0))
 
     async def _live(self, client: SoakAgent | SoakDashboard, until: float) -> None:
@@ -339,12 +368,19 @@ class Runner:
         await asyncio.gather(*slot_tasks, return_exceptions=True)
         await asyncio.gather(*(c.close() for c in list(self.clients)), return_exceptions=True)
         ticker.cancel()
+        self._report_gaps(float("inf"))
         _emit(self.stats.tick())
         _emit({"kind": "stopped"})
+
+    def _report_gaps(self, now: float) -> None:
+        for client in list(self.clients):
+            if isinstance(client, SoakDashboard):
+                client.report_gaps(now)
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self._report_gaps(time.time())
             _emit(self.stats.tick())
 
 

@@ -64,6 +64,9 @@ class Record:
     """One merged sample per second: ``t``, ``refusals`` (code -> n), ``max_slots_per_user``..."""
     over_limit: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    late_filled: int = 0
+    """Gaps filled within seconds by events that came after a later event of the same agent (its
+    old connection handled after its new one): not losses, counted."""
     command_timeouts: list[float] = field(default_factory=list)
     """When each command that got neither its result nor an error was sent."""
     recovered: dict[str, int] = field(default_factory=dict)

@@ -59,6 +59,7 @@ def summary(record: Record, violations: list[Violation], meta: dict[str, Any]) -
         "gaps_while_dashboard_reconnected": sum(g["missing"] for g in record.gaps
                                                 if g["dashboard_reconnected"]),
         "gaps_on_live_sessions": sum(g["missing"] for g in record.gaps if not g["dashboard_reconnected"]),
+        "gaps_filled_late": record.late_filled,
         "resubscribes_recovered": record.recovered.get("true", 0),
         "resubscribes_not_recovered": record.recovered.get("false", 0),
         "gaps_after_reconnect_recovered_false": sum(
@@ -114,6 +115,8 @@ def markdown(record: Record, violations: list[Violation], s: dict[str, Any]) -> 
         f"| events missed across a dashboard's reconnect (not replayed) | "
         f"{s['gaps_while_dashboard_reconnected']} |",
         f"| events missed on live sessions (inside fault windows) | {s['gaps_on_live_sessions']} |",
+        f"| gaps filled by a late event (an agent's old connection handled after its new one) | "
+        f"{s.get('gaps_filled_late', 0)} |",
         f"| commands sent inside a fault window and never answered (finding) | "
         f"{s['commands_unanswered_in_faults']} |",
         f"| error-level hub log events (handled) | {_counts(s['error_log_events'])} |",

@@ -235,6 +235,7 @@ class Soak:
             for code, count in tick[key].items():
                 b[key][code] = b[key].get(code, 0) + count
         self.record.gaps += tick["gaps"]
+        self.record.late_filled += tick.get("late", 0)
         self.record.over_limit += tick["over_limit"]
         self.record.command_timeouts += tick["command_timeouts"]
         for answer, count in tick.get("recovered", {}).items():
