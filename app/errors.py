@@ -36,6 +36,7 @@ class Code(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     FORBIDDEN = "forbidden"
     AGENT_OFFLINE = "agent_offline"
+    COMMAND_EXPIRED = "command_expired"
     NOT_FOUND = "not_found"
     # Admin API only.
     WOULD_LOCK_OUT = "would_lock_out"
@@ -80,6 +81,7 @@ TABLE: dict[Code, Spec] = {
     Code.UNKNOWN_TYPE: Spec(0, 0, "Unknown message type."),
     Code.FORBIDDEN: Spec(403, 0, "Not allowed."),
     Code.AGENT_OFFLINE: Spec(0, 0, "The agent is not connected."),
+    Code.COMMAND_EXPIRED: Spec(0, 0, "No answer to the command within HUB_COMMAND_TTL_SECONDS."),
     Code.NOT_FOUND: Spec(404, 0, "Not found."),
     Code.WOULD_LOCK_OUT: Spec(
         422, 0, "The ban would cover every address, or the address of the admin asking for it."

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
+from app.commands import AwaitedCommands
 from app.engine import EngineUnavailable, HistoryPolicy
 from app.errors import Code
 from app.event_relay import HEAD, NO_HISTORY, Cursors, EventRelay
@@ -65,6 +66,7 @@ ALL = "*"
 SINGLE_PRESENCE_MAX = 16
 SNAPSHOT_BATCH = 100
 _ROUTED_COMMANDS = metrics.MESSAGES.labels("command", "routed")
+_EXPIRED_COMMANDS = metrics.MESSAGES.labels("command", "expired")
 
 
 @dataclass(slots=True)
@@ -137,6 +139,7 @@ class Hub:
         self._security_log = security_log
         self._lease = lease_seconds
         self._command_ttl = command_ttl_seconds
+        self._awaited = AwaitedCommands(command_ttl_seconds)
         self._events = EventRelay(engine, history)
         # (tenant, agent id or "*") -> local dashboard connections watching it
         self._watchers: dict[tuple[str, str], set[str]] = {}
@@ -271,9 +274,18 @@ class Hub:
             "k": "command", "id": command_id, "from": conn.sub, "p": message.payload,
             "rw": self._engine.worker_id, "rc": conn.conn_id, "ref": message.id, "t": state.tenant,
         })
+        # Awaited before it is sent: its result may come back before the send returns.
+        self._awaited.await_answer(command_id, conn.conn_id, message.id, time.time())
         # The lookup and the send are one round trip: the engine completes the envelope with the
         # agent connection's id ("c") and sends it to that connection's worker.
-        if not await self._engine.send_to_agent(state.tenant, message.agent_id, envelope[:-1] + ',"c":', "}"):
+        try:
+            sent = await self._engine.send_to_agent(
+                state.tenant, message.agent_id, envelope[:-1] + ',"c":', "}")
+        except BaseException:
+            self._awaited.answered(command_id)  # the operator gets `unavailable` instead
+            raise
+        if not sent:
+            self._awaited.answered(command_id)
             conn.send(error(Code.AGENT_OFFLINE, "the agent is not connected", message.id))
             return
         _ROUTED_COMMANDS.inc()
@@ -305,6 +317,14 @@ class Hub:
             tenant, agent_id, json.dumps({"k": "presence", "t": tenant, "a": agent_id, "s": status})
         )
 
+    def expire_commands(self, now: float) -> None:
+        """End each command this worker's dashboards sent that got no answer within the command
+        TTL with ``error`` ``command_expired`` (no answer can follow it, see app.commands)."""
+        for _, awaited in self._awaited.expired(now):
+            _EXPIRED_COMMANDS.inc()
+            self._deliver_to(awaited.conn_id, error(
+                Code.COMMAND_EXPIRED, "no answer to the command within its time", awaited.ref))
+
     async def sweep(self) -> None:
         """Announce what no publication did: agents whose leases ran out (their worker was
         killed) go offline, within a lease plus one sweep interval. Raises EngineUnavailable."""
@@ -334,11 +354,14 @@ class Hub:
             if kind == "command":
                 await self._deliver_command(envelope)
             elif kind == "result":
-                self._deliver_to(envelope["c"], encode(ResultDelivery(
-                    command_id=envelope["id"], agent_id=envelope["a"], payload=envelope["p"])))
+                if self._awaited.answered(envelope["id"]) is not None:
+                    self._deliver_to(envelope["c"], encode(ResultDelivery(
+                        command_id=envelope["id"], agent_id=envelope["a"], payload=envelope["p"])))
             elif kind == "error":
-                self._deliver_to(envelope["c"], error(Code(envelope["code"]), envelope["m"],
-                                                      envelope.get("ref")))
+                # About one command (its "id"): delivered only while that command is awaited.
+                if "id" not in envelope or self._awaited.answered(envelope["id"]) is not None:
+                    self._deliver_to(envelope["c"], error(Code(envelope["code"]), envelope["m"],
+                                                          envelope.get("ref")))
             elif kind == "event":
                 await self._events.deliver(envelope, self._dashboards(envelope["t"], envelope["a"]))
             elif kind == "presence":
@@ -359,7 +382,7 @@ class Hub:
             # The agent left between lookup and delivery: tell the operator.
             await self._engine.send_to_worker(envelope["rw"], json.dumps({
                 "k": "error", "c": envelope["rc"], "code": Code.AGENT_OFFLINE.value,
-                "m": "the agent disconnected", "ref": envelope.get("ref"),
+                "m": "the agent disconnected", "ref": envelope.get("ref"), "id": envelope["id"],
             }))
             return
         now = time.time()

@@ -36,6 +36,8 @@ from app.tokens import TokenVerifier
 
 log = get_logger("app.runtime")
 FLOOD_CHECK_SECONDS = 1.0
+# A command that got no answer ends with command_expired within this long after its TTL.
+COMMAND_EXPIRY_CHECK_SECONDS = 1.0
 CUT_SESSIONS_SECONDS = 2.0
 
 
@@ -116,6 +118,7 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.jwks.refresher(), name="jwks-refresh"))
         self._tasks.append(asyncio.create_task(self.renewal.run(), name="lease-renewal"))
         self._tasks.append(asyncio.create_task(self._record_floods(), name="flood-records"))
+        self._tasks.append(asyncio.create_task(self._expire_commands(), name="command-expiry"))
         self._tasks.append(asyncio.create_task(
             run_retention(self.store, self.settings.security_event_retention_days),
             name="retention",
@@ -219,6 +222,12 @@ class Runtime:
             await asyncio.sleep(FLOOD_CHECK_SECONDS)
             for event in self.gatekeeper.floods.due():
                 self.security_log.record(event)
+
+    async def _expire_commands(self) -> None:
+        """Answer ``command_expired`` for commands nobody answered in time (see app.commands)."""
+        while True:
+            await asyncio.sleep(COMMAND_EXPIRY_CHECK_SECONDS)
+            self.hub.expire_commands(time.time())
 
     async def on_control(self, event: ControlEvent) -> None:
         """Apply a cluster-wide instruction to this worker's connections."""

@@ -24,6 +24,7 @@ from hubclient.client import (
 from hubclient.errors import (
     AgentOffline,
     CommandError,
+    CommandExpired,
     ConnectionLost,
     Forbidden,
     HubError,
@@ -42,6 +43,7 @@ __all__ = [
     "Backoff",
     "ClientOptions",
     "CommandError",
+    "CommandExpired",
     "CommandHandler",
     "Connecting",
     "ConnectionLost",

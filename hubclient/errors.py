@@ -51,6 +51,10 @@ class AgentOffline(CommandError):
     """``agent_offline``: the agent is not connected (or belongs to another tenant)."""
 
 
+class CommandExpired(CommandError):
+    """``command_expired``: no result came within the hub's command TTL (none will come now)."""
+
+
 class InvalidMessage(CommandError):
     """``invalid_message``: a field has the wrong shape."""
 
@@ -66,6 +70,7 @@ class RateLimited(CommandError):
 _BY_CODE: dict[str, type[CommandError]] = {
     "forbidden": Forbidden,
     "agent_offline": AgentOffline,
+    "command_expired": CommandExpired,
     "invalid_message": InvalidMessage,
     "unavailable": Unavailable,
     "rate_limited": RateLimited,

@@ -174,6 +174,35 @@ async def test_sides_cannot_send_each_others_messages(pair: tuple[HubProcess, Hu
     await asyncio.gather(agent.close(), dash.close())
 
 
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def short_ttl_pair(request: pytest.FixtureRequest, start_hub: StartHub) -> tuple[HubProcess, HubProcess]:
+    """As ``pair``, with commands that expire after 1 s."""
+    env = {"HUB_CONNECTION_LEASE_SECONDS": "3", "HUB_COMMAND_TTL_SECONDS": "1"}
+    if request.param == "embedded":
+        server = start_hub(env)
+        return server, server
+    shared = redis_env(request.getfixturevalue("redis_url"), **env)
+    return start_hub(shared, name="a"), start_hub(shared, name="b")
+
+
+async def test_a_command_nobody_answers_in_time_ends_with_command_expired(
+    short_ttl_pair: tuple[HubProcess, HubProcess],
+) -> None:
+    a, b = short_ttl_pair
+    agent = await _agent(b, "agent-slow")
+    dash = await _dashboard(a, "op-slow")
+    await dash.send(type="command", id="s1", agent_id="agent-slow", payload=None)
+    await dash.expect("command.accepted", ref="s1")
+    command = await agent.expect("command")
+    expired = await dash.expect("error", ref="s1", timeout=5)
+    assert expired["error"] == "command_expired"
+    # Too late: the agent's answer is refused, and the operator hears nothing more of it.
+    await agent.send(type="result", id="late", command_id=command["command_id"], payload=None)
+    assert (await agent.expect("error", ref="late"))["error"] == "forbidden"
+    await dash.quiet("result", seconds=1.0)
+    await asyncio.gather(agent.close(), dash.close())
+
+
 async def test_command_to_an_offline_agent(pair: tuple[HubProcess, HubProcess]) -> None:
     a, _ = pair
     dash = await _dashboard(a, "op-offline")

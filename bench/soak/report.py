@@ -117,7 +117,7 @@ def markdown(record: Record, violations: list[Violation], s: dict[str, Any]) -> 
         f"| events missed on live sessions (inside fault windows) | {s['gaps_on_live_sessions']} |",
         f"| gaps filled by a late event (an agent's old connection handled after its new one) | "
         f"{s.get('gaps_filled_late', 0)} |",
-        f"| commands sent inside a fault window and never answered (finding) | "
+        f"| commands sent inside a fault window and never answered (violations too) | "
         f"{s['commands_unanswered_in_faults']} |",
         f"| error-level hub log events (handled) | {_counts(s['error_log_events'])} |",
         f"| resubscribes after a reconnect (`since`), per agent: recovered / not | "

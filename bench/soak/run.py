@@ -48,6 +48,9 @@ TRAFFIC_CONNECTIONS = 3000
 LEASE_SECONDS = 30  # the hub's default HUB_CONNECTION_LEASE_SECONDS, set explicitly below
 QUIET_SECONDS = 30.0
 """At least this long without faults before the end (RSS is judged there, see invariants)."""
+COMMAND_TTL_SECONDS = 10
+COMMAND_WAIT = 20.0
+"""How long a soak client waits for a command's result or error before it counts it unanswered."""
 # The final count of slots against live sessions: how many looks before a mismatch counts.
 END_LOOKS = 3
 
@@ -166,6 +169,9 @@ class Soak:
             "HUB_CONNECT_RATE_PER_IP": "1000000", "HUB_CONNECT_RATE_PER_USER": "600",
             "HUB_AUTH_FAILURES_BEFORE_BAN": "1000000", "HUB_REFRESH_WARNING_SECONDS": str(c.refresh_warning),
             "HUB_SHUTDOWN_GRACE_SECONDS": "5", "HUB_LOG_FORMAT": "json",
+            # Below the clients' wait for a result (COMMAND_WAIT), so that a command nobody
+            # answered ends with the hub's command_expired, not with the client giving up.
+            "HUB_COMMAND_TTL_SECONDS": str(COMMAND_TTL_SECONDS),
             "HUB_CONNECTION_LEASE_SECONDS": str(LEASE_SECONDS),
         }
 
@@ -194,7 +200,7 @@ class Soak:
                 "groups": groups[n::processes], "token_ttl": c.token_ttl,
                 "ramp_seconds": max(5.0, c.warmup * 0.8), "churn_seconds": c.churn_seconds,
                 "event_seconds": c.event_seconds, "command_seconds": c.command_seconds,
-                "command_timeout": 20.0, "backoff_cap": c.patience, "open_timeout": c.patience,
+                "command_timeout": COMMAND_WAIT, "backoff_cap": c.patience, "open_timeout": c.patience,
             }
             path = self.workdir / f"clients-{n}.json"
             path.write_text(json.dumps(spec))

@@ -90,6 +90,8 @@ var Forbidden = class extends CommandError {
 };
 var AgentOffline = class extends CommandError {
 };
+var CommandExpired = class extends CommandError {
+};
 var InvalidMessage = class extends CommandError {
 };
 var Unavailable = class extends CommandError {
@@ -101,6 +103,7 @@ var RefreshRefused = class extends CommandError {
 var BY_CODE = {
   forbidden: Forbidden,
   agent_offline: AgentOffline,
+  command_expired: CommandExpired,
   invalid_message: InvalidMessage,
   unavailable: Unavailable,
   rate_limited: RateLimited
@@ -653,6 +656,7 @@ export {
   AgentOffline,
   Backoff,
   CommandError,
+  CommandExpired,
   ConnectionLost,
   DashboardClient,
   Forbidden,

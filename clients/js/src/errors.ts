@@ -61,6 +61,8 @@ export class CommandError extends HubError {}
 export class Forbidden extends CommandError {}
 /** `agent_offline`: the agent is not connected (or belongs to another tenant). */
 export class AgentOffline extends CommandError {}
+/** `command_expired`: no result came within the hub's command TTL (none will come now). */
+export class CommandExpired extends CommandError {}
 /** `invalid_message`: a field has the wrong shape. */
 export class InvalidMessage extends CommandError {}
 /** `unavailable`: the hub's shared state is unreachable; retry later. */
@@ -74,6 +76,7 @@ export class RefreshRefused extends CommandError {}
 const BY_CODE: Record<string, new (code: string, message: string) => CommandError> = {
   forbidden: Forbidden,
   agent_offline: AgentOffline,
+  command_expired: CommandExpired,
   invalid_message: InvalidMessage,
   unavailable: Unavailable,
   rate_limited: RateLimited,

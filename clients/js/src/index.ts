@@ -8,7 +8,7 @@ export {
 } from "./options.js";
 export { DashboardClient, type CommandOptions, type Position, type SubscribeHandlers } from "./dashboard.js";
 export {
-  AgentOffline, CommandError, ConnectionLost, Forbidden, HubError, HubTimeoutError, InvalidMessage, NotConnected,
+  AgentOffline, CommandError, CommandExpired, ConnectionLost, Forbidden, HubError, HubTimeoutError, InvalidMessage, NotConnected,
   RateLimited, RefreshRefused, SessionTerminated, Unavailable, commandError,
 } from "./errors.js";
 export type * from "./messages.js";
