@@ -24,8 +24,10 @@ from app.logs import get_logger
 
 log = get_logger("app.renewal")
 RENEW_RETRY_SECONDS = 2.0
-# Connections per engine.renew call: the progress a renewal cut by its time bound keeps.
-RENEW_CHUNK = 500
+# Connections per engine.renew call: the progress a renewal cut by its time bound keeps. At most
+# the Redis engine's users per round trip (RENEW_USERS), so that each round trip renews only what
+# was still open just before it was sent.
+RENEW_CHUNK = 100
 
 
 class RenewalCursor:
@@ -59,6 +61,7 @@ class LeaseRenewal:
         engine: Engine,
         *,
         leases: Callable[[], list[ConnectionInfo]],
+        is_open: Callable[[str], bool],
         presence_leases: Callable[[], list[tuple[str, str, str]]],
         sweep: Callable[[], Awaitable[None]],
         over_limit: Callable[[list[ConnectionInfo]], None],
@@ -67,6 +70,7 @@ class LeaseRenewal:
     ) -> None:
         self._engine = engine
         self._leases = leases
+        self._is_open = is_open
         self._presence_leases = presence_leases
         self._sweep = sweep
         self._over_limit = over_limit
@@ -106,8 +110,12 @@ class LeaseRenewal:
                     self._presence_leases(), lease_seconds=self._lease_seconds
                 )
                 for chunk in self.cursor.chunks(leases, RENEW_CHUNK):
+                    # Only what is still open: a connection that closed since the list was
+                    # made has released its slot, and a late renewal would take it again
+                    # (found by the soak: a slot outlived its connection by a lease).
+                    still_open = [info for info in chunk if self._is_open(info.conn_id)]
                     self._over_limit(await self._engine.renew(
-                        chunk, lease_seconds=self._lease_seconds,
+                        still_open, lease_seconds=self._lease_seconds,
                         max_connections=self._max_connections))
                     self.cursor.advance(len(chunk))
                     renewed += len(chunk)

@@ -83,6 +83,7 @@ class Runtime:
         self.renewal = LeaseRenewal(
             self.engine,
             leases=lambda: self.registry.leases(self.worker_id),
+            is_open=lambda conn_id: self.registry.get(conn_id) is not None,
             presence_leases=lambda: self.hub.presence_leases(list(self.registry)),
             sweep=self.hub.sweep,
             over_limit=self._close_over_limit,

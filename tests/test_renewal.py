@@ -64,7 +64,7 @@ async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
     leases = [conn(n) for n in range(10)]
     closed: list[ConnectionInfo] = []
     loop = LeaseRenewal(
-        engine, leases=lambda: leases, presence_leases=list, sweep=engine.close,
+        engine, leases=lambda: leases, is_open=lambda _: True, presence_leases=list, sweep=engine.close,
         over_limit=closed.extend, lease_seconds=3, max_connections=10,
     )
     results = [await loop.renew() for _ in range(5)]
@@ -78,3 +78,23 @@ async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
     engine.renewed.clear()
     assert await loop.renew() is True
     assert sorted(engine.renewed) == sorted(info.conn_id for info in leases)
+
+
+async def test_a_connection_closed_during_a_renewal_is_not_renewed_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks of 2 taking 0.1 s each; c3 closes (and releases its slot) while the first chunk is
+    # on its way. Renewing it from the list made before would take its released slot again.
+    monkeypatch.setattr(renewal, "RENEW_CHUNK", 2)
+    engine = SlowEngine(delay=0.1)
+    leases = [conn(n) for n in range(4)]
+    open_ids = {info.conn_id for info in leases}
+    loop = LeaseRenewal(
+        engine, leases=lambda: leases, is_open=open_ids.__contains__, presence_leases=list,
+        sweep=engine.close, over_limit=list, lease_seconds=30, max_connections=10,
+    )
+    renewing = asyncio.create_task(loop.renew())
+    await asyncio.sleep(0.05)
+    open_ids.discard("c3")
+    assert await renewing is True
+    assert engine.renewed == ["c0", "c1", "c2"]
