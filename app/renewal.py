@@ -12,11 +12,17 @@ saturated (a reconnect storm) or whose Redis link just came back:
   renewal is resumed where it stopped. Starting over from the first connection each time would
   renew the same head again and again while the tail's leases ran out: other workers then admit
   those users past the limit (found by the soak).
+- A connection whose lease this worker could not confirm (no renewal of it got through) until
+  shortly before that lease may end is closed (:meth:`LeaseRenewal.unconfirmed`): past its lease
+  its slot may have lapsed in Redis and been given to a new connection elsewhere, and the limit
+  must hold while the two are open (the soak saw users with 11 and 12 sessions for 10 s after a
+  partition). Timed from when the confirming renewal was sent, which Redis saw later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from app.engine import ConnectionInfo, Engine, EngineUnavailable
@@ -28,6 +34,12 @@ RENEW_RETRY_SECONDS = 2.0
 # the Redis engine's users per round trip (RENEW_USERS), so that each round trip renews only what
 # was still open just before it was sent.
 RENEW_CHUNK = 100
+
+
+def fence_margin(lease_seconds: float) -> float:
+    """How long before a lease may end a connection whose lease is unconfirmed is closed: a
+    check runs once a second, and the close takes a moment to reach the client."""
+    return max(0.5, lease_seconds / 6)
 
 
 class RenewalCursor:
@@ -76,6 +88,12 @@ class LeaseRenewal:
         self._over_limit = over_limit
         self._lease_seconds = lease_seconds
         self._max_connections = max_connections
+        self._fence_after = lease_seconds - fence_margin(lease_seconds)
+        # conn_id -> when the last renewal that confirmed its slot was sent (time.time()).
+        self._confirmed: dict[str, float] = {}
+        # When the last renewal that got through whole began: every connection open then is
+        # confirmed from that moment on, so none can be unconfirmed before it plus _fence_after.
+        self._whole_since = time.time()
         self.interval = max(1.0, lease_seconds / 3)
         self.cursor = RenewalCursor()
 
@@ -99,8 +117,13 @@ class LeaseRenewal:
     async def renew(self) -> bool:
         """One renewal, bounded by half an interval; False when it failed or was cut."""
         leases = self._leases()
+        began = time.time()
         if not leases:
+            self._confirmed.clear()
+            self._whole_since = began
             return True
+        self._confirmed = {info.conn_id: self._confirmed[info.conn_id]
+                           for info in leases if info.conn_id in self._confirmed}
         renewed = 0
         try:
             async with asyncio.timeout(self.interval / 2):
@@ -114,9 +137,12 @@ class LeaseRenewal:
                     # made has released its slot, and a late renewal would take it again
                     # (found by the soak: a slot outlived its connection by a lease).
                     still_open = [info for info in chunk if self._is_open(info.conn_id)]
+                    sent = time.time()
                     self._over_limit(await self._engine.renew(
                         still_open, lease_seconds=self._lease_seconds,
                         max_connections=self._max_connections))
+                    for info in still_open:
+                        self._confirmed[info.conn_id] = sent
                     self.cursor.advance(len(chunk))
                     renewed += len(chunk)
         except (EngineUnavailable, TimeoutError) as exc:
@@ -125,4 +151,16 @@ class LeaseRenewal:
             return False
         except Exception:
             log.exception("engine.renew_error")
+            return True
+        self._whole_since = began
         return True
+
+    def unconfirmed(self, leases: Callable[[], list[ConnectionInfo]], now: float) -> list[ConnectionInfo]:
+        """The open connections (``leases``, asked for only when some may qualify) whose slot no
+        renewal has confirmed since ``fence_margin`` before their lease may have ended: the
+        caller closes them. Cheap while renewals get through."""
+        deadline = now - self._fence_after
+        if self._whole_since >= deadline:
+            return []
+        return [info for info in leases()
+                if max(self._confirmed.get(info.conn_id, 0.0), info.connected_at) < deadline]

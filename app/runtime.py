@@ -36,8 +36,9 @@ from app.tokens import TokenVerifier
 
 log = get_logger("app.runtime")
 FLOOD_CHECK_SECONDS = 1.0
-# A command that got no answer ends with command_expired within this long after its TTL.
-COMMAND_EXPIRY_CHECK_SECONDS = 1.0
+# Commands without an answer past their TTL, and connections whose lease could not be confirmed
+# in time, are looked for this often.
+HOUSEKEEPING_SECONDS = 1.0
 CUT_SESSIONS_SECONDS = 2.0
 
 
@@ -119,7 +120,7 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.jwks.refresher(), name="jwks-refresh"))
         self._tasks.append(asyncio.create_task(self.renewal.run(), name="lease-renewal"))
         self._tasks.append(asyncio.create_task(self._record_floods(), name="flood-records"))
-        self._tasks.append(asyncio.create_task(self._expire_commands(), name="command-expiry"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(
             run_retention(self.store, self.settings.security_event_retention_days),
             name="retention",
@@ -224,11 +225,21 @@ class Runtime:
             for event in self.gatekeeper.floods.due():
                 self.security_log.record(event)
 
-    async def _expire_commands(self) -> None:
-        """Answer ``command_expired`` for commands nobody answered in time (see app.commands)."""
+    async def _housekeeping(self) -> None:
+        """Once a second: ``command_expired`` for commands nobody answered in time
+        (app.commands), and connections whose slot this worker could not confirm before their
+        lease may end closed 1013 ``unavailable`` (app.renewal)."""
         while True:
-            await asyncio.sleep(COMMAND_EXPIRY_CHECK_SECONDS)
-            self.hub.expire_commands(time.time())
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            now = time.time()
+            self.hub.expire_commands(now)
+            for info in self.renewal.unconfirmed(lambda: self.registry.leases(self.worker_id), now):
+                conn = self.registry.get(info.conn_id)
+                if conn is None or conn.close_code is not None:
+                    continue
+                log.warning("ws.closed_lease_unconfirmed", conn_id=info.conn_id, sub=info.sub,
+                            tenant=info.tenant or None, endpoint=info.endpoint)
+                conn.close(Code.UNAVAILABLE)
 
     async def on_control(self, event: ControlEvent) -> None:
         """Apply a cluster-wide instruction to this worker's connections."""

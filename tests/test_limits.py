@@ -203,6 +203,26 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(start_hub: St
     assert untrusted.accepted
 
 
+async def test_a_connection_whose_lease_cannot_be_confirmed_is_closed_before_it_ends(
+    start_hub: StartHub,
+) -> None:
+    """Redis out of reach for longer than a lease: the worker can no longer vouch for its
+    connections' slots, which lapse there and may go to new connections on other workers; it
+    closes them 1013 ``unavailable`` first, so the limit holds while both could be open."""
+    redis = RedisServer()
+    redis.start()
+    try:
+        server = start_hub(redis_env(redis.url, HUB_CONNECTION_LEASE_SECONDS="3"))
+        peer = await _open(server, "fenced-user")
+        redis.stop()
+        await peer.closed(1013, "unavailable", timeout=10)
+        closed = [json.loads(line) for line in server.log_text().splitlines()
+                  if '"ws.closed_lease_unconfirmed"' in line]
+        assert [entry["sub"] for entry in closed] == ["fenced-user"]
+    finally:
+        redis.close()
+
+
 async def test_redis_outage_fails_closed_and_recovers(start_hub: StartHub, tmp_path: object) -> None:
     redis = RedisServer()
     redis.start()

@@ -25,7 +25,9 @@ from tests.support.server import HubProcess
 StartHub = Callable[..., HubProcess]
 OPERATOR = ["dashboard", "operator"]
 LIMIT = 10
-LEASE_SECONDS = 3
+# Longer than a failover plus a renewal interval: a worker gives up connections whose lease it
+# cannot confirm for five sixths of a lease (app/renewal.py), and these must stay open.
+LEASE_SECONDS = 10
 # Failover takes about 2-3 s with a 1 s node timeout / down-after; a generous, bounded wait.
 RECOVERY_SECONDS = 20.0
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 import pytest
 
 from app import renewal
-from app.engine import ConnectionInfo
+from app.engine import ConnectionInfo, EngineUnavailable
 from app.engine.memory import MemoryEngine
 from app.renewal import LeaseRenewal, RenewalCursor
 
@@ -98,3 +99,41 @@ async def test_a_connection_closed_during_a_renewal_is_not_renewed_after(
     open_ids.discard("c3")
     assert await renewing is True
     assert engine.renewed == ["c0", "c1", "c2"]
+
+
+class FailingEngine(MemoryEngine):
+    """Renewals get through until ``failing`` is set (a partition from Redis)."""
+
+    def __init__(self) -> None:
+        super().__init__(worker_id="w1")
+        self.failing = False
+
+    async def renew(
+        self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
+    ) -> list[ConnectionInfo]:
+        if self.failing:
+            raise EngineUnavailable("cut off")
+        return await super().renew(connections, lease_seconds=lease_seconds, max_connections=max_connections)
+
+
+async def test_connections_whose_lease_cannot_be_confirmed_are_given_up_before_it_ends() -> None:
+    engine = FailingEngine()
+    now = time.time()
+    old = ConnectionInfo("c-old", "u1", "/ws/agent", "192.0.2.1", "w1", now - 100)
+    leases = [old]
+    loop = LeaseRenewal(
+        engine, leases=lambda: leases, is_open=lambda _: True, presence_leases=list,
+        sweep=engine.close, over_limit=list, lease_seconds=30, max_connections=10,
+    )
+    assert await loop.renew() is True
+    fence = 30 - renewal.fence_margin(30)
+    assert fence == 25
+    # Confirmed just now: nothing to give up until shortly before the lease may end.
+    assert loop.unconfirmed(lambda: leases, time.time() + fence - 1) == []
+    engine.failing = True
+    assert await loop.renew() is False
+    # A connection admitted since is vouched for by its own admission.
+    new = ConnectionInfo("c-new", "u2", "/ws/agent", "192.0.2.1", "w1", time.time() + 10)
+    leases.append(new)
+    assert loop.unconfirmed(lambda: leases, time.time() + fence + 1) == [old]
+    assert loop.unconfirmed(lambda: leases, time.time() + fence + 11) == [old, new]
