@@ -46,6 +46,11 @@ CONNECTIONS_PER_PROCESS = 2500
 TRAFFIC_CONNECTIONS = 3000
 """The size up to which each connection keeps the full rates (:meth:`Config.sized`)."""
 LEASE_SECONDS = 30  # the hub's default HUB_CONNECTION_LEASE_SECONDS, set explicitly below
+BIG_LEASE_SECONDS = 60
+"""The lease past TRAFFIC_CONNECTIONS: a worker renews each of its connections' slots, and one
+that holds 5,000 of them in a reconnect storm on these two shared cores took longer than five
+sixths of 30 s to get round them all, so it gave up thousands of connections (closed
+``unavailable``: it could not vouch for their slots), whose reconnects fed the storm."""
 QUIET_SECONDS = 30.0
 """At least this long without faults before the end (RSS is judged there, see invariants)."""
 COMMAND_TTL_SECONDS = 10
@@ -67,6 +72,7 @@ class Config:
     token_ttl: int
     refresh_warning: int
     patience: float
+    lease_seconds: int
     """Clients' handshake timeout and reconnect backoff cap: a full run on this shared machine
     answers handshakes in seconds while it ramps; clients that gave up at 10 s and retried
     sooner than that doubled the work until nothing completed (the first 11:46 run)."""
@@ -87,7 +93,8 @@ class Config:
                    event_seconds=(4 if short else 30) * spread,
                    command_seconds=(5 if short else 30) * spread,
                    token_ttl=round(60 + (15 if short else 120) * spread), refresh_warning=60,
-                   patience=10 if short else 30)
+                   patience=10 if short else 30,
+                   lease_seconds=LEASE_SECONDS if spread == 1.0 else BIG_LEASE_SECONDS)
 
 
 class Soak:
@@ -172,7 +179,7 @@ class Soak:
             # Below the clients' wait for a result (COMMAND_WAIT), so that a command nobody
             # answered ends with the hub's command_expired, not with the client giving up.
             "HUB_COMMAND_TTL_SECONDS": str(COMMAND_TTL_SECONDS),
-            "HUB_CONNECTION_LEASE_SECONDS": str(LEASE_SECONDS),
+            "HUB_CONNECTION_LEASE_SECONDS": str(c.lease_seconds),
         }
 
     async def _start_hubs(self, db_port: int) -> None:
@@ -193,7 +200,7 @@ class Soak:
             f"each connection: lives {c.churn_seconds:.0f} s on average, an agent emits every "
             f"{c.event_seconds:.0f} s, an operator's dashboard commands every {c.command_seconds:.0f} s, "
             f"tokens of {c.token_ttl} s refreshed in-band {c.refresh_warning} s before expiry; "
-            f"{processes} client processes")
+            f"{processes} client processes; connection leases of {c.lease_seconds} s")
         for n in range(processes):
             spec = {
                 "secret": self.secret, "limit": self.record.limit, "hosts": [h.urls for h in self.hubs],
@@ -368,7 +375,7 @@ class Soak:
     async def _slots_left(self) -> tuple[int | None, float]:
         started = time.monotonic()
         left: int | None = None
-        while time.monotonic() - started < LEASE_SECONDS + 10:
+        while time.monotonic() - started < self.config.lease_seconds + 10:
             with contextlib.suppress(Exception):
                 left = sum((await asyncio.to_thread(self.redis.slot_counts)).values())
                 if left == 0:
