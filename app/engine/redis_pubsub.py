@@ -64,6 +64,10 @@ from app.engine.redis_batch import Batcher
 
 log = structlog.get_logger("app.engine")
 
+# What redis-py raises on a reply it cannot take apart, seen during a Sentinel failover (its
+# PubSub.handle_message indexing a reply that was not a list: KeyError 0): the connection's state
+# is unknown, so it is dropped and the subscriptions made afresh, as for a lost connection.
+GARBLED = (KeyError, IndexError, TypeError)
 SUBSCRIBER_BACKOFF_START = 0.1
 # Low, so the subscriber is back within about a second of a replica's promotion.
 SUBSCRIBER_BACKOFF_CAP = 0.5
@@ -318,7 +322,10 @@ class RedisMessaging:
                 backoff = SUBSCRIBER_BACKOFF_START
                 while True:
                     # A bounded wait, so a silently dead connection is noticed by the next read.
-                    message = await pubsub.get_message(timeout=1.0)
+                    try:
+                        message = await pubsub.get_message(timeout=1.0)
+                    except GARBLED as exc:
+                        raise RedisConnectionError(f"unreadable reply: {exc!r}") from exc
                     if message is not None:
                         self._on_pubsub(message)
                     if self._moved:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from structlog.testing import capture_logs
@@ -167,6 +168,38 @@ async def test_redis_outage_fails_closed_fast_and_recovers_without_restart(
     names = _names(logs)
     assert "engine.release_failed" in names
     assert names.index("engine.subscriber_lost") < names.index("engine.subscriber_restored")
+
+
+async def test_a_reply_the_client_cannot_read_resubscribes_instead_of_erroring(
+    redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's PubSub raised KeyError 0 on a reply during a Sentinel failover (the soak):
+    the subscriber treats it as a lost connection and subscribes afresh, logging no error."""
+    inbox: asyncio.Queue[ControlEvent] = asyncio.Queue()
+
+    async def handler(event: ControlEvent) -> None:
+        inbox.put_nowait(event)
+
+    real = PubSub.get_message
+    garbled = [True]
+
+    async def get_message(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        if garbled and garbled.pop():
+            raise KeyError(0)
+        return await real(self, *args, **kwargs)
+
+    with capture_logs() as logs:
+        monkeypatch.setattr(PubSub, "get_message", get_message)
+        engine = await redis_factory(handler=handler)
+        await _wait_for(lambda: "engine.subscriber_restored" in _names(logs), 5)
+        sent = ControlEvent("kick", {"sub": "bob"})
+        deadline = time.monotonic() + 10
+        while inbox.empty() and time.monotonic() < deadline:
+            await engine.publish(sent)
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(inbox.get(), 1) == sent
+    assert [e["error"] for e in logs if e["event"] == "engine.subscriber_lost"] == ["ConnectionError"]
+    assert not [e for e in logs if e["log_level"] == "error"]
 
 
 async def test_start_with_redis_down_does_not_raise_and_recovers(
