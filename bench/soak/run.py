@@ -82,7 +82,8 @@ class Config:
     def sized(cls, seconds: float, connections: int, out: Path, *, loopback: bool = False) -> Config:
         """Rates scaled to the run: a short run churns and refreshes faster so that every
         mechanism happens many times in a minute. Past :data:`TRAFFIC_CONNECTIONS` each
-        connection churns, emits, commands and refreshes that much less often, so the hubs
+        connection churns, emits and commands that much less often (tokens stay short: an
+        in-band refresh is cheap next to a handshake), so the hubs
         carry the same traffic at any size: the soak's clients share this machine's two cores
         with the hubs, and what the soak checks is the guarantees of many connections under
         faults, not the machine's throughput (that is ``make bench``)."""
@@ -92,7 +93,7 @@ class Config:
                    warmup=15 if short else 120, churn_seconds=(25 if short else 300) * spread,
                    event_seconds=(4 if short else 30) * spread,
                    command_seconds=(5 if short else 30) * spread,
-                   token_ttl=round(60 + (15 if short else 120) * spread), refresh_warning=60,
+                   token_ttl=75 if short else 180, refresh_warning=60,
                    patience=10 if short else 30,
                    lease_seconds=LEASE_SECONDS if spread == 1.0 else BIG_LEASE_SECONDS)
 
