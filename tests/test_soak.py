@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak.clients import LATE_SECONDS, SoakDashboard, Stats
-from bench.soak.invariants import Fault, Record, Violation, check
+from bench.soak.invariants import Fault, Record, Violation, check, settled
 from tests.support.server import ROOT
 
 pytestmark = pytest.mark.slow
@@ -119,3 +119,15 @@ def test_a_late_event_fills_its_gap_and_a_missing_one_is_reported() -> None:
     assert [(g["agent"], g["missing"]) for g in dashboard.stats.gaps] == [("a1", 1)]
     assert dashboard.stats.late == 1
     assert dashboard.open_gaps == []
+
+
+def test_a_fault_window_lasts_until_its_clients_are_back() -> None:
+    drain = Fault("drain", "drain", "b", 100.0, 110.0)
+    quiet = Fault("db", "database", "all", 150.0, 160.0)
+    live = {**{t: 1000 for t in range(90, 100)}, **{t: 500 for t in range(100, 120)},
+            **{t: 970 for t in range(120, 125)}, **{t: 990 for t in range(125, 200)}}
+    record = Record(limit=10, faults=[drain, quiet],
+                    ticks=[{"t": float(t), "live": n} for t, n in sorted(live.items())])
+    drain_window, quiet_window = settled(record)
+    assert drain_window.end == 125.0  # 98% of 1000 reached at +125 s, not at the drain's end
+    assert quiet_window.end == 160.0  # nobody was disconnected: its own end

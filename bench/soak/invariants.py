@@ -1,15 +1,17 @@
 """The soak's invariants: plain functions from what was recorded to the violations, each with its time.
 
 No I/O here: :mod:`bench.soak.run` records, these decide, :mod:`bench.soak.report` shows. Times
-are Unix seconds. A fault window is ``[start, end]`` of one fault; some invariants allow
-misbehaviour inside a window plus :data:`GRACE_SECONDS` (time to notice, rediscover, reconnect).
+are Unix seconds. A fault window runs from a fault's start until the clients it disconnected are
+back (:func:`settled`); some invariants allow misbehaviour inside a window plus
+:data:`GRACE_SECONDS` (time to notice, rediscover, reconnect). The limit, the leak and the
+command invariants allow nothing, inside windows or not.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 GRACE_SECONDS = 5.0
@@ -17,6 +19,10 @@ TICK_SECONDS = 1.0
 RECOVERY_SECONDS = 10.0
 """After a Redis fault ends, how long a hub may still fail closed: its pool reconnects and the
 requests that timed out during the fault are retried by the clients' backoff."""
+SETTLED_LEVEL = 0.98
+"""A fault that disconnected clients has settled when the live sessions are back to this share
+of their level just before it: until then its reconnect storm is still part of it."""
+SETTLED_MOST_SECONDS = 120.0
 RSS_GROWTH_LIMIT = 0.05
 # Faults during which a hub may refuse handshakes ``unavailable``: shared state unreachable for
 # some hub (it fails closed), or a hub draining (it refuses new handshakes until it exits).
@@ -284,6 +290,27 @@ CHECKS = (connection_limit, slots_match, commands_answered, events_delivered, ev
           unavailable_only_in_redis_faults, clean_logs, rss_flat)
 
 
+def settled(record: Record) -> list[Fault]:
+    """The faults with each ``end`` moved to when it settled: the first second at or after its
+    end with the live sessions back to :data:`SETTLED_LEVEL` of the second before its start (at
+    most :data:`SETTLED_MOST_SECONDS` after its end). A drain or a killed worker disconnects
+    thousands of clients at once, and on a busy machine their reconnects take longer than the
+    fault itself; a fault that disconnected nobody keeps its end."""
+    live = [(t["t"], t.get("live")) for t in record.ticks if t.get("live") is not None]
+    faults = []
+    for fault in record.faults:
+        before = [n for t, n in live if t < fault.start]
+        end = fault.end
+        if before and not fault.skipped:
+            wanted = SETTLED_LEVEL * before[-1]
+            back = [t for t, n in live if fault.end <= t <= fault.end + SETTLED_MOST_SECONDS
+                    and n >= wanted]
+            end = back[0] if back else fault.end + SETTLED_MOST_SECONDS
+        faults.append(replace(fault, end=max(fault.end, end)))
+    return faults
+
+
 def check(record: Record) -> list[Violation]:
-    """Every violation of every invariant, in time order."""
-    return sorted((v for c in CHECKS for v in c(record)), key=lambda v: v.t)
+    """Every violation of every invariant, in time order (fault windows as :func:`settled`)."""
+    judged = replace(record, faults=settled(record))
+    return sorted((v for c in CHECKS for v in c(judged)), key=lambda v: v.t)

@@ -53,8 +53,8 @@ sixths of 30 s to get round them all, so it gave up thousands of connections (cl
 ``unavailable``: it could not vouch for their slots), whose reconnects fed the storm."""
 QUIET_SECONDS = 30.0
 """At least this long without faults before the end (RSS is judged there, see invariants)."""
-COMMAND_TTL_SECONDS = 10
-COMMAND_WAIT = 20.0
+COMMAND_TTL_SECONDS = 30
+COMMAND_WAIT = 60.0
 """How long a soak client waits for a command's result or error before it counts it unanswered."""
 # The final count of slots against live sessions: how many looks before a mismatch counts.
 END_LOOKS = 3
