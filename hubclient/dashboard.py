@@ -123,6 +123,11 @@ class DashboardClient(HubClient):
             if not isinstance(answer, CommandAccepted):
                 raise ProtocolError(f"unexpected answer to command: {answer.type}")
             command_id = answer.command_id
+            if self._ws is not ws:
+                # The session ended between the acceptance and here (its reader went on to the
+                # close before this task resumed): the result would come to that session, and
+                # the disconnect already failed the results it knew of.
+                raise ConnectionLost("the session closed before the hub answered")
             future: asyncio.Future[ResultDelivery] = asyncio.get_running_loop().create_future()
             early = self._early.pop(command_id, None)
             if early is not None:

@@ -18,6 +18,7 @@ from hubclient import (
     Action,
     AgentOffline,
     Backoff,
+    ConnectionLost,
     Forbidden,
     SessionTerminated,
     connect_agent,
@@ -165,6 +166,33 @@ async def test_agent_and_dashboard_round_trip(hub: HubProcess) -> None:
         await agent.close()
         gone = await asyncio.wait_for(anext(presence), 5)
         assert (gone.agent_id, gone.status) == ("rt-agent", "offline")
+
+
+async def test_a_session_lost_right_after_command_accepted_raises_connection_lost(
+    hub: HubProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader can go on to the close before send_command resumes with the acceptance (the
+    soak's one command left waiting for its whole timeout): the result cannot come any more."""
+    async def slow(command_id: str, sender: str, payload: JsonValue) -> JsonValue:
+        await asyncio.sleep(30)
+        return None
+
+    async with (
+        connect_agent(hub.url, Tokens("race-agent", ["agent"]), on_command=slow),
+        connect_dashboard(hub.url, Tokens("race-op", ["dashboard", "operator"])) as dash,
+    ):
+        real = dash._request
+
+        async def accepted_then_lost(ws: Any, frame: str, ref: Any) -> Any:
+            answer = await real(ws, frame, ref)
+            await ws.close()
+            while dash._ws is ws:
+                await asyncio.sleep(0.01)
+            return answer
+
+        monkeypatch.setattr(dash, "_request", accepted_then_lost)
+        with pytest.raises(ConnectionLost):
+            await dash.send_command("race-agent", {}, timeout=10)
 
 
 async def test_refresh_keeps_one_connection_across_several_token_lifetimes(start_hub: StartHub) -> None:
