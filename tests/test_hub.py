@@ -17,15 +17,19 @@ StartHub = Callable[..., HubProcess]
 OPERATOR = ["dashboard", "operator"]
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
-def pair(request: pytest.FixtureRequest, start_hub: StartHub) -> tuple[HubProcess, HubProcess]:
+def _start_pair(request: pytest.FixtureRequest, start_hub: StartHub, **env: str) -> tuple[HubProcess, HubProcess]:
     """(A, B): the same process on the embedded engine, two processes on one Redis."""
-    env = {"HUB_CONNECTION_LEASE_SECONDS": "3"}
+    env = {"HUB_CONNECTION_LEASE_SECONDS": "3", **env}
     if request.param == "embedded":
         server = start_hub(env)
         return server, server
     shared = redis_env(request.getfixturevalue("redis_url"), **env)
     return start_hub(shared, name="a"), start_hub(shared, name="b")
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def pair(request: pytest.FixtureRequest, start_hub: StartHub) -> tuple[HubProcess, HubProcess]:
+    return _start_pair(request, start_hub)
 
 
 async def _dashboard(server: HubProcess, sub: str, roles: list[str] | None = None, **kw: Any) -> Peer:
@@ -177,12 +181,7 @@ async def test_sides_cannot_send_each_others_messages(pair: tuple[HubProcess, Hu
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
 def short_ttl_pair(request: pytest.FixtureRequest, start_hub: StartHub) -> tuple[HubProcess, HubProcess]:
     """As ``pair``, with commands that expire after 1 s."""
-    env = {"HUB_CONNECTION_LEASE_SECONDS": "3", "HUB_COMMAND_TTL_SECONDS": "1"}
-    if request.param == "embedded":
-        server = start_hub(env)
-        return server, server
-    shared = redis_env(request.getfixturevalue("redis_url"), **env)
-    return start_hub(shared, name="a"), start_hub(shared, name="b")
+    return _start_pair(request, start_hub, HUB_COMMAND_TTL_SECONDS="1")
 
 
 async def test_a_command_nobody_answers_in_time_ends_with_command_expired(
