@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -40,6 +40,18 @@ class SlowEngine(MemoryEngine):
         await super().renew_agents(entries, lease_seconds=lease_seconds)
 
 
+def renewal_of(
+    engine: MemoryEngine, leases: list[ConnectionInfo], *, lease_seconds: int = 30,
+    is_open: Callable[[str], bool] = lambda _: True,
+    over_limit: Callable[[list[ConnectionInfo]], None] = lambda _: None,
+) -> LeaseRenewal:
+    """The renewal loop of a worker whose open connections are ``leases`` (no agents)."""
+    return LeaseRenewal(
+        engine, leases=lambda: leases, is_open=is_open, presence_leases=list, sweep=engine.close,
+        over_limit=over_limit, lease_seconds=lease_seconds, max_connections=10,
+    )
+
+
 def test_cursor_wraps_around_from_where_it_stopped() -> None:
     cursor = RenewalCursor()
     leases = [conn(n) for n in range(5)]
@@ -64,10 +76,7 @@ async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
     engine = SlowEngine(delay=0.3)
     leases = [conn(n) for n in range(10)]
     closed: list[ConnectionInfo] = []
-    loop = LeaseRenewal(
-        engine, leases=lambda: leases, is_open=lambda _: True, presence_leases=list, sweep=engine.close,
-        over_limit=closed.extend, lease_seconds=3, max_connections=10,
-    )
+    loop = renewal_of(engine, leases, lease_seconds=3, over_limit=closed.extend)
     results = [await loop.renew() for _ in range(5)]
     assert results[0] is False, "the bound did not cut the renewal"
     assert set(engine.renewed) == {info.conn_id for info in leases}
@@ -90,10 +99,7 @@ async def test_a_connection_closed_during_a_renewal_is_not_renewed_after(
     engine = SlowEngine(delay=0.1)
     leases = [conn(n) for n in range(4)]
     open_ids = {info.conn_id for info in leases}
-    loop = LeaseRenewal(
-        engine, leases=lambda: leases, is_open=open_ids.__contains__, presence_leases=list,
-        sweep=engine.close, over_limit=list, lease_seconds=30, max_connections=10,
-    )
+    loop = renewal_of(engine, leases, is_open=open_ids.__contains__)
     renewing = asyncio.create_task(loop.renew())
     await asyncio.sleep(0.05)
     open_ids.discard("c3")
@@ -121,10 +127,7 @@ async def test_connections_whose_lease_cannot_be_confirmed_are_given_up_before_i
     now = time.time()
     old = ConnectionInfo("c-old", "u1", "/ws/agent", "192.0.2.1", "w1", now - 100)
     leases = [old]
-    loop = LeaseRenewal(
-        engine, leases=lambda: leases, is_open=lambda _: True, presence_leases=list,
-        sweep=engine.close, over_limit=list, lease_seconds=30, max_connections=10,
-    )
+    loop = renewal_of(engine, leases)
     assert await loop.renew() is True
     fence = 30 - renewal.fence_margin(30)
     assert fence == 25
