@@ -5,10 +5,50 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
 from typing import Protocol
 
 from app.engine.base import ConnectionInfo, ControlEvent, ControlHandler, MessageHandler
+
+# How long a released connection id (a slot given back, an agent gone offline) stays marked: a
+# renewal filtered just before the connection closed, then sent on another Redis connection than
+# the release (or queued behind a slow pipeline, or retried after a reconnect), must not take the
+# slot or the presence back. Seconds, well past any renewal in flight; conn_ids are never reused.
+RELEASED_SECONDS = 60
+
+
+class Released:
+    """Connection ids marked released, each for ``RELEASED_SECONDS``: the embedded engine's twin
+    of the Redis ``released`` zsets. Marks end in the order they were made, so purging them costs
+    amortised O(1) per mark."""
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until: OrderedDict[Hashable, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def mark(self, key: Hashable, now: float) -> None:
+        self.purge(now)
+        self._until.pop(key, None)
+        self._until[key] = now + RELEASED_SECONDS
+
+    def clear(self, key: Hashable) -> None:
+        self._until.pop(key, None)
+
+    def holds(self, key: Hashable, now: float) -> bool:
+        until = self._until.get(key)
+        return until is not None and until > now
+
+    def purge(self, now: float) -> None:
+        while self._until:
+            key, until = next(iter(self._until.items()))
+            if until > now:
+                return
+            del self._until[key]
 
 
 def normalize_ip(ip: str) -> str:

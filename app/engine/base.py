@@ -140,7 +140,9 @@ class Engine(Protocol):
 
     async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
         """Give a slot (and its info) back. Idempotent; never raises (a slot it cannot release
-        expires)."""
+        expires). ``conn_id`` stays marked released for ``RELEASED_SECONDS`` (until admitted
+        again): a :meth:`renew` that carries it does not take the slot back, even one sent
+        before this call that reaches the store after it."""
 
     async def list_connections(
         self, sub: str | None = None, *, tenant: str | None = None
@@ -154,9 +156,10 @@ class Engine(Protocol):
         """Extend the leases of this worker's live connections. A live connection whose slot is
         gone (its lease ran out during a Redis outage, or Redis lost its data) gets it back, with
         its info, only while its user holds fewer than ``max_connections`` live slots (live
-        slots are extended first; atomic per user). Returns the connections that could not get
-        their slot back: other connections took the user's slots meanwhile, and the caller
-        closes these (``connection_limit``) so that the limit holds cluster-wide."""
+        slots are extended first; atomic per user); one released lately (:meth:`release`) is
+        skipped, as closed. Returns the connections that could not get their slot back: other
+        connections took the user's slots meanwhile, and the caller closes these
+        (``connection_limit``) so that the limit holds cluster-wide."""
 
     async def count_connections(self, sub: str, *, tenant: str = "") -> int:
         """Live (unexpired) slots of the user (``tenant``, ``sub``)."""
@@ -194,13 +197,16 @@ class Engine(Protocol):
 
     async def agent_offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
         """Forget ``conn_id`` for ``agent_id``. True when the agent has no connection left.
-        Idempotent; never raises (a lease it cannot release expires)."""
+        Idempotent; never raises (a lease it cannot release expires). As for :meth:`release`,
+        ``conn_id`` stays marked for ``RELEASED_SECONDS`` (until :meth:`agent_online` again), so
+        that :meth:`renew_agents` does not bring it back."""
 
     async def renew_agents(
         self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int
     ) -> None:
         """Extend the presence leases of live ``(tenant, agent_id, conn_id)`` entries of this
-        worker; an entry whose lease ran out is re-established (as for :meth:`renew`)."""
+        worker; an entry whose lease ran out is re-established (as for :meth:`renew`), unless
+        it went offline lately."""
 
     async def locate_agent(self, tenant: str, agent_id: str) -> tuple[str, str] | None:
         """``(worker_id, conn_id)`` of the agent's most recently connected live connection, the

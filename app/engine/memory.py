@@ -38,6 +38,7 @@ import structlog
 
 from app.engine._shared import (
     DelegatedMessaging,
+    Released,
     check_info,
     matches,
     normalize_ip,
@@ -127,7 +128,10 @@ class MemoryEngine(DelegatedMessaging):
         self._bans: dict[str, float] = {}
         self._user_rate: dict[User, _Log] = {}
         self._slots: dict[User, dict[str, _Slot]] = {}
-        self._presence = MemoryPresence(worker_id, clock)
+        # conn_ids given back lately, for slots ("slot", tenant, sub, conn_id) and for presence
+        # ("agent", tenant, conn_id): see Engine.release.
+        self._released = Released()
+        self._presence = MemoryPresence(worker_id, clock, self._released)
         self._messaging = LocalMessaging(worker_id=worker_id)
         self._history = MemoryHistory(clock)
         self._sweep_trigger = MIN_SWEEP_TRIGGER
@@ -190,6 +194,7 @@ class MemoryEngine(DelegatedMessaging):
         if conn_id not in slots and len(slots) >= max_connections:
             return Refused(Code.CONNECTION_LIMIT)
         entry.times.append(now)
+        self._released.clear(("slot", tenant, sub, conn_id))
         slot = slots.get(conn_id)
         if slot is None:
             slots[conn_id] = _Slot(now + lease_seconds, info)
@@ -203,6 +208,7 @@ class MemoryEngine(DelegatedMessaging):
 
     async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
         user = (tenant, sub)
+        self._released.mark(("slot", tenant, sub, conn_id), self._clock())
         slots = self._slots.get(user)
         if slots is None:
             return
@@ -251,15 +257,18 @@ class MemoryEngine(DelegatedMessaging):
         # Live slots first; a lapsed one (the loop stalled past the lease) is taken again only
         # within the limit: another connection may have been admitted in its place.
         refused: list[ConnectionInfo] = []
+        released = 0
         for info in gone:
             user = (info.tenant, info.sub)
             slots = self._slots[user]
-            if len(slots) >= max_connections:
+            if self._released.holds(("slot", info.tenant, info.sub, info.conn_id), now):
+                released += 1  # closed since the caller listed it
+            elif len(slots) >= max_connections:
                 refused.append(info)
-                continue
-            slots[info.conn_id] = _Slot(expiry, info)
-        if len(gone) > len(refused):
-            log.warning("engine.leases_revived", count=len(gone) - len(refused))
+            else:
+                slots[info.conn_id] = _Slot(expiry, info)
+        if len(gone) > len(refused) + released:
+            log.warning("engine.leases_revived", count=len(gone) - len(refused) - released)
             self._after_insert()
         return refused
 
@@ -343,6 +352,7 @@ class MemoryEngine(DelegatedMessaging):
             + len(self._user_rate)
             + len(self._slots)
             + len(self._presence)
+            + len(self._released)
         )
 
     def sweep(self) -> None:
@@ -356,6 +366,7 @@ class MemoryEngine(DelegatedMessaging):
         for user in list(self._slots):
             self._live_slots(user, now)
         self._presence.sweep()
+        self._released.purge(now)
         self._history.sweep()
         self._sweep_trigger = max(MIN_SWEEP_TRIGGER, 2 * self.tracked_keys())
 

@@ -8,7 +8,8 @@ Guarantees (on top of the presence methods of :class:`app.engine.base.Engine`):
   the clock, so ties cannot happen); re-registering a live connection keeps its place.
 - :meth:`MemoryPresence.renew` re-establishes what ran out (the event loop stalled past a lease):
   the entry in its old place in the order when still known, else below every live connection of
-  the agent (the newest only when it is alone).
+  the agent (the newest only when it is alone); never an entry gone offline in the last
+  ``RELEASED_SECONDS``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import structlog
+
+from app.engine._shared import Released
 
 log = structlog.get_logger("app.engine")
 
@@ -35,9 +38,11 @@ class MemoryPresence:
     """Agent presence of one process (see the module docstring). Every method runs without
     awaiting, so on one event loop each is atomic."""
 
-    def __init__(self, worker_id: str, clock: Callable[[], float]) -> None:
+    def __init__(self, worker_id: str, clock: Callable[[], float], released: Released) -> None:
         self.worker_id = worker_id
         self._clock = clock
+        # Shared with the engine, which counts and purges the marks.
+        self._released = released
         # tenant -> agent_id -> conn_id -> presence.
         self._agents: dict[str, dict[str, dict[str, _Presence]]] = {}
         self._order = itertools.count(1)
@@ -52,12 +57,15 @@ class MemoryPresence:
         was_offline = not conns
         held = conns.get(conn_id)
         order = held.order if held is not None else next(self._order)
+        self._released.clear(("agent", tenant, conn_id))
         conns[conn_id] = _Presence(self.worker_id, order, now + lease_seconds)
         self._agents.setdefault(tenant, {})[agent_id] = conns
         return was_offline
 
     def offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
-        conns = self._live(tenant, agent_id, self._clock())
+        now = self._clock()
+        self._released.mark(("agent", tenant, conn_id), now)
+        conns = self._live(tenant, agent_id, now)
         conns.pop(conn_id, None)
         if not conns:
             self._forget(tenant, agent_id)
@@ -75,6 +83,8 @@ class MemoryPresence:
             if held is not None:
                 held.expiry = expiry
                 continue
+            if self._released.holds(("agent", tenant, conn_id), now):
+                continue  # offline since the caller listed it
             # Re-established (the connection is open): it keeps its place in the connection
             # order when known; else it ranks below every live connection of the agent, so it
             # never takes "most recent" from a newer one (it is the newest only when alone).

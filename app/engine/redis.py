@@ -10,9 +10,11 @@ Guarantees beyond :class:`app.engine.base.Engine`:
   every key has a TTL. :meth:`RedisEngine.renew` and :meth:`RedisEngine.renew_agents` write back
   what is gone (a lease that ran out during an outage, or data Redis lost), since the worker
   renews only connections that are open (see ``renew.lua`` and ``renew_agents.lua`` for the
-  rules, notably "connected at"). A slot's :class:`ConnectionInfo` (JSON in ``info``) is
-  written, released and expired with the slot, in the same script; a slot admitted without info
-  is not listed.
+  rules, notably "connected at"), but never what was released or went offline in the last
+  ``RELEASED_SECONDS``: a renewal sent just before a connection closed can reach Redis after its
+  release (another pooled connection), and must not bring a closed connection's slot back. A
+  slot's :class:`ConnectionInfo` (JSON in ``info``) is written, released and expired with the
+  slot, in the same script; a slot admitted without info is not listed.
 - One primary, Sentinel or Redis Cluster, chosen by the URL's scheme
   (:func:`app.engine._redis_client.parse_redis_url`), with the same guarantees on each. On a
   cluster every script touches one slot (the hash tags above); pipelined batches are split by
@@ -49,6 +51,7 @@ from app.engine._redis_client import (
     text,
 )
 from app.engine._shared import (
+    RELEASED_SECONDS,
     DelegatedMessaging,
     check_info,
     matches,
@@ -180,7 +183,7 @@ class RedisEngine(DelegatedMessaging):
         info: ConnectionInfo | None = None,
     ) -> UserVerdict:
         check_info(sub, conn_id, info, tenant)
-        keys = self.keys.user_keys(sub, tenant, "slots", "rate", "info")
+        keys = self.keys.user_keys(sub, tenant, "slots", "rate", "info", "released")
         args: list[str | int] = [
             conn_id, rate_limit, max_connections, lease_seconds, window, secrets.token_hex(8),
             info_json(info) if info is not None else "",
@@ -188,9 +191,9 @@ class RedisEngine(DelegatedMessaging):
         return self._verdict(await self._hot("admit_user", keys, args))
 
     async def release(self, sub: str, conn_id: str, *, tenant: str = "") -> None:
-        keys = self.keys.user_keys(sub, tenant, "slots", "info")
+        keys = self.keys.user_keys(sub, tenant, "slots", "info", "released")
         try:
-            await self._hot("release", keys, [conn_id])
+            await self._hot("release", keys, [conn_id, RELEASED_SECONDS])
         except EngineUnavailable as exc:
             # The lease runs out by itself within lease_seconds; nothing else to do.
             log.warning("engine.release_failed", error=type(exc).__name__)
@@ -243,7 +246,7 @@ class RedisEngine(DelegatedMessaging):
             args: list[str | int] = [lease_seconds, max_connections]
             for info in infos:
                 args += [info.conn_id, info_json(info)]
-            calls.append((self.keys.user_keys(sub, tenant, "slots", "info"), args))
+            calls.append((self.keys.user_keys(sub, tenant, "slots", "info", "released"), args))
         replies: list[Any] = []
         try:
             # One script per user (one hash slot each), RENEW_USERS per pipelined round trip: a
@@ -289,16 +292,22 @@ class RedisEngine(DelegatedMessaging):
     async def agent_online(
         self, tenant: str, agent_id: str, conn_id: str, *, lease_seconds: int
     ) -> bool:
-        keys = [self.keys.agents_key(tenant), self.keys.agent_key(tenant, agent_id)]
+        keys = [
+            self.keys.agents_key(tenant), self.keys.agent_key(tenant, agent_id),
+            self.keys.released_key(tenant),
+        ]
         args: list[str | int] = [agent_id, conn_id, self.worker_id, lease_seconds]
         return int(await self._hot("agent_online", keys, args)) == 1
 
     async def agent_offline(self, tenant: str, agent_id: str, conn_id: str) -> bool:
-        keys = [self.keys.agents_key(tenant), self.keys.agent_key(tenant, agent_id)]
+        keys = [
+            self.keys.agents_key(tenant), self.keys.agent_key(tenant, agent_id),
+            self.keys.released_key(tenant),
+        ]
         try:
             # In the shared pipelines: a drain closes thousands of agents at once, and one pooled
             # connection each ran the pool out (MaxConnectionsError for 5,303 of them in a soak).
-            reply = await self._hot("agent_offline", keys, [agent_id, conn_id])
+            reply = await self._hot("agent_offline", keys, [agent_id, conn_id, RELEASED_SECONDS])
             return int(reply) == 1
         except EngineUnavailable as exc:
             # The presence lease runs out by itself; the caller announces nothing.
@@ -316,7 +325,7 @@ class RedisEngine(DelegatedMessaging):
         calls: list[Call] = []
         for tenant, pairs in by_tenant.items():
             for start in range(0, len(pairs), RENEW_BATCH):
-                keys = [self.keys.agents_key(tenant)]
+                keys = [self.keys.agents_key(tenant), self.keys.released_key(tenant)]
                 args: list[str | int] = [lease_seconds, self.worker_id]
                 for agent_id, conn_id in pairs[start : start + RENEW_BATCH]:
                     keys.append(self.keys.agent_key(tenant, agent_id))

@@ -1,11 +1,13 @@
 """The Redis engine's key layout: one hash slot per user, address, tenant and agent history.
 
-- A user: ``{prefix}:{u:<sub>}:slots|rate|info`` (without tenant) or
-  ``{prefix}:{u:<tenant>:<sub>}:slots|rate|info`` (a user is the pair tenant, sub).
+- A user: ``{prefix}:{u:<sub>}:slots|rate|info|released`` (without tenant) or
+  ``{prefix}:{u:<tenant>:<sub>}:slots|rate|info|released`` (a user is the pair tenant, sub).
+  ``released`` marks the conn_ids given back lately (a zset, conn_id -> end of the mark, ms).
 - An address: ``{prefix}:{ip:<ip>}:rate|fails|ban`` (``<ip>`` an IPv4 address or an IPv6 network,
   normalised first).
 - Presence: ``{prefix}:{t:<tenant>}:agents`` (zset agent_id -> latest lease expiry, ms) and
-  ``{prefix}:{t:<tenant>}:a:<agent>`` (hash conn_id -> ``expiry_ms:connected_us:worker``).
+  ``{prefix}:{t:<tenant>}:a:<agent>`` (hash conn_id -> ``expiry_ms:connected_us:worker``), and
+  ``{prefix}:{t:<tenant>}:released`` (zset of the conn_ids gone offline lately -> end of the mark).
 - Event history: ``{prefix}:{h:<tenant>:<agent>}:meta|ev`` (epoch and counter; a stream trimmed
   by MAXLEN and MINID), one slot per agent so that histories spread over a cluster's shards.
 
@@ -56,6 +58,10 @@ class RedisKeys:
     def agent_key(self, tenant: str, agent_id: str) -> str:
         """One agent's hash of connections (conn_id -> ``expiry_ms:connected_us:worker``)."""
         return f"{self.prefix}:{{t:{tag(tenant)}}}:a:{tag(agent_id)}"
+
+    def released_key(self, tenant: str) -> str:
+        """The tenant's zset of agent connections gone offline lately (conn_id -> end, ms)."""
+        return f"{self.prefix}:{{t:{tag(tenant)}}}:released"
 
     def history_keys(self, tenant: str, agent_id: str) -> list[str]:
         """One agent's history: its ``meta`` hash (epoch, last seq) and ``ev`` stream."""

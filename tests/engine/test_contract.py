@@ -172,6 +172,32 @@ async def test_renew_revives_a_slot_of_a_user_with_no_state_left(
     assert await engine.list_connections() == []
 
 
+async def test_a_renewal_arriving_after_a_release_does_not_take_the_slot_back(
+    engine: Engine, advance: Advance
+) -> None:
+    limits = {**LIMITS, "max_connections": 2, "lease_seconds": 1}
+    closed, other = conn("alice", "closed"), conn("alice", "other")
+    for row in (closed, other):
+        assert await engine.admit_user("alice", row.conn_id, **limits, info=row) == Admitted()
+    # The worker listed both connections for a renewal; "closed" closed and its release reached
+    # the store first (another Redis connection). The renewal must not revive a closed slot.
+    await engine.release("alice", "closed")
+    assert await engine.renew([closed, other], lease_seconds=1, max_connections=2) == []
+    assert await engine.count_connections("alice") == 1
+    assert await engine.list_connections("alice") == [other]
+    # Nor after its lease would have run out, nor past the limit (nothing to refuse: it is closed).
+    await advance(1.1)
+    assert await engine.renew([closed, other], lease_seconds=30, max_connections=1) == []
+    assert await engine.list_connections("alice") == [other]
+    # Admitted again (the same conn_id), it is live again and renewed as any other.
+    assert await engine.admit_user("alice", "closed", **limits, info=closed) == Admitted()
+    assert await engine.renew([closed, other], lease_seconds=30, max_connections=2) == []
+    assert await engine.count_connections("alice") == 2
+    # The mark is per user: bob's "closed" was never released.
+    assert await engine.renew([conn("bob", "closed")], lease_seconds=30, max_connections=2) == []
+    assert await engine.count_connections("bob") == 1
+
+
 async def test_user_rate_limit_reports_when_the_oldest_attempt_leaves(engine: Engine) -> None:
     limits = {**LIMITS, "rate_limit": 3, "max_connections": 100}
     for n in range(3):

@@ -167,6 +167,29 @@ async def test_online_agents_among_looks_up_only_those(engine: Engine, advance: 
     assert await engine.online_agents("acme") == {"a1", "a2"}
 
 
+async def test_a_renewal_arriving_after_offline_does_not_bring_the_agent_back(
+    engine: Engine, advance: Advance
+) -> None:
+    assert await engine.agent_online("acme", "a1", "c1", lease_seconds=1) is True
+    assert await engine.agent_online("acme", "a2", "c2", lease_seconds=1) is True
+    # The worker listed both for a renewal; c1 closed and its offline reached the store first.
+    assert await engine.agent_offline("acme", "a1", "c1") is True
+    await engine.renew_agents([("acme", "a1", "c1"), ("acme", "a2", "c2")], lease_seconds=30)
+    assert await engine.online_agents("acme") == {"a2"}
+    assert await engine.locate_agent("acme", "a1") is None
+    await advance(1.1)
+    await engine.renew_agents([("acme", "a1", "c1")], lease_seconds=30)
+    assert await engine.online_agents("acme") == {"a2"}
+    # Online again under the same conn_id (a session upgraded in place): renewed as any other.
+    assert await engine.agent_online("acme", "a1", "c1", lease_seconds=1) is True
+    await engine.renew_agents([("acme", "a1", "c1")], lease_seconds=30)
+    await advance(1.1)
+    assert await engine.locate_agent("acme", "a1") == (engine.worker_id, "c1")
+    # The mark is per tenant.
+    await engine.renew_agents([("other", "a1", "c1")], lease_seconds=30)
+    assert await engine.online_agents("other") == {"a1"}
+
+
 async def test_renew_agents_revives_an_expired_entry(engine: Engine, advance: Advance) -> None:
     assert await engine.agent_online("acme", "a1", "c1", lease_seconds=1) is True
     await advance(1.1)

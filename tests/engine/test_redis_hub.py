@@ -189,13 +189,21 @@ async def test_hub_keys_are_cluster_safe_and_expire(
         row = ConnectionInfo("c0", sub, "/ws/agent", "192.0.2.1", "w1", 1.0)
         assert await engine.admit_user(sub, "c0", **LIMITS, info=row) == Admitted()
         assert await engine.list_connections(sub) == [row]
+        assert await engine.admit_user(sub, "c1", **LIMITS) == Admitted()
+        await engine.release(sub, "c1")
+    await engine.agent_online(ids[0], "gone", "c1", lease_seconds=30)
+    await engine.agent_offline(ids[0], "gone", "c1")
 
     keys = [k.decode() async for k in raw.scan_iter(match=f"{prefix}:*")]
     b64 = "[A-Za-z0-9_-]*"
-    presence = [k for k in keys if re.fullmatch(rf"{prefix}:\{{t:{b64}\}}:(agents|a:{b64})", k)]
-    users = [k for k in keys if re.fullmatch(rf"{prefix}:\{{u:{b64}\}}:(slots|rate|info)", k)]
-    assert len(presence) == len(ids) * (len(ids) + 1)
-    assert len(users) == 3 * len(ids)
+    presence = [
+        k for k in keys if re.fullmatch(rf"{prefix}:\{{t:{b64}\}}:(agents|a:{b64}|released)", k)
+    ]
+    users = [
+        k for k in keys if re.fullmatch(rf"{prefix}:\{{u:{b64}\}}:(slots|rate|info|released)", k)
+    ]
+    assert len(presence) == len(ids) * (len(ids) + 1) + 1
+    assert len(users) == 4 * len(ids)
     assert sorted(presence + users) == sorted(keys)
     for key in keys:
         assert (await raw.pttl(key)) > 0, f"{key} has no TTL"
@@ -205,6 +213,9 @@ async def test_hub_keys_are_cluster_safe_and_expire(
     assert engine.keys.user_key("x", "info") != engine.keys.user_key("x", "slots")
     assert key_slot(engine.keys.user_key("x", "info").encode()) == key_slot(
         engine.keys.user_key("x", "slots").encode()
+    ) == key_slot(engine.keys.user_key("x", "released").encode())
+    assert key_slot(engine.keys.released_key("t").encode()) == key_slot(
+        engine.keys.agents_key("t").encode()
     )
     # The tenant-wide channel cannot be an agent's: base64url has no "*".
     assert engine.agent_channel("t", "*").endswith(":*")
@@ -215,8 +226,10 @@ async def test_hub_keys_are_cluster_safe_and_expire(
             assert await engine.agent_offline(tenant, agent, "c0") is True
         await engine.release(tenant, "c0")
     left = [k.decode() async for k in raw.scan_iter(match=f"{prefix}:*")]
-    # Only the rate windows remain (they expire with their window).
-    assert all(k.endswith(":rate") for k in left), left
+    # Only the rate windows and the release marks remain (they expire with their window/mark).
+    assert all(k.endswith((":rate", ":released")) for k in left), left
+    marks = [await raw.pttl(k) for k in left if k.endswith(":released")]
+    assert len(marks) == 2 * len(ids) and all(0 < ttl <= 60_000 for ttl in marks), marks
 
 
 async def test_one_round_trip_per_hub_call(

@@ -3,6 +3,7 @@
 -- KEYS[1]  {prefix}:{u:<sub>}:slots  zset; member = conn_id, score = lease expiry (ms, Redis TIME)
 -- KEYS[2]  {prefix}:{u:<sub>}:rate   zset; member = nonce, score = admission time (ms)
 -- KEYS[3]  {prefix}:{u:<sub>}:info   hash; field = conn_id, value = ConnectionInfo as JSON
+-- KEYS[4]  {prefix}:{u:<sub>}:released  zset of conn_ids released lately (release.lua)
 -- ARGV[1]  conn_id
 -- ARGV[2]  rate_limit: admitted attempts allowed per window
 -- ARGV[3]  max_connections: live slots allowed
@@ -16,7 +17,8 @@
 --   {2, n}  rate_limited; n = seconds until the oldest admitted attempt leaves the window (>= 1)
 --   {3, 0}  connection_limit: max_connections unexpired slots are held
 -- A refused attempt is not counted and takes no slot. A conn_id that already holds a slot is
--- re-admitted (its lease is extended) without counting against the max. All keys share the hash
+-- re-admitted (its lease is extended) without counting against the max; an admitted conn_id is no
+-- longer marked released. All keys share the hash
 -- tag {u:<sub>} (one cluster slot); they expire when their last entry would, so idle users vanish.
 -- The info of a slot goes with it: expired slots lose their info here too.
 
@@ -48,6 +50,7 @@ end
 redis.call('ZADD', KEYS[2], now, ARGV[6])
 redis.call('PEXPIRE', KEYS[2], window_ms)
 redis.call('ZADD', KEYS[1], now + lease_ms, conn_id)
+redis.call('ZREM', KEYS[4], conn_id)
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[3], conn_id, ARGV[7])
 end

@@ -4,6 +4,7 @@
 --          expiry (ms, Redis TIME) of the agent's connections
 -- KEYS[2]  {prefix}:{t:<tenant>}:a:<agent>  hash; field = conn_id,
 --          value = "<lease expiry ms>:<connected at, us>:<worker_id>"
+-- KEYS[3]  {prefix}:{t:<tenant>}:released   zset of conn_ids gone offline lately (agent_offline.lua)
 -- ARGV[1]  agent_id
 -- ARGV[2]  conn_id
 -- ARGV[3]  worker_id of the connection
@@ -13,7 +14,8 @@
 -- "connected at" orders the agent's connections (the newest one receives its commands): it is
 -- Redis TIME in microseconds, forced above every other live connection of the agent so that it
 -- strictly increases; a conn_id that is already live keeps its own. Expired connections are
--- purged. Both keys share the hash tag {t:<tenant>}; they expire one second after the last lease.
+-- purged; conn_id is no longer marked released. All keys share the hash tag {t:<tenant>}; the
+-- agents and the agent's hash expire one second after the last lease.
 
 local agent_id, conn_id = ARGV[1], ARGV[2]
 local lease_ms = tonumber(ARGV[4]) * 1000
@@ -42,6 +44,7 @@ end
 local expiry = now + lease_ms
 local connected = own or math.max(now_us, newest + 1)
 redis.call('HSET', KEYS[2], conn_id, string.format('%.0f:%.0f:%s', expiry, connected, ARGV[3]))
+redis.call('ZREM', KEYS[3], conn_id)
 latest = math.max(latest, expiry)
 redis.call('PEXPIREAT', KEYS[2], latest + 1000)
 redis.call('ZADD', KEYS[1], latest, agent_id)

@@ -3,6 +3,7 @@
 --
 -- KEYS[1]  {prefix}:{u:<sub>}:slots  zset; member = conn_id, score = lease expiry (ms, Redis TIME)
 -- KEYS[2]  {prefix}:{u:<sub>}:info   hash; field = conn_id, value = ConnectionInfo as JSON
+-- KEYS[3]  {prefix}:{u:<sub>}:released  zset; member = conn_id, score = end of the mark (ms)
 -- ARGV[1]  lease_seconds
 -- ARGV[2]  max_connections
 -- ARGV[2*i+1], ARGV[2*i+2]  conn_id and ConnectionInfo JSON of the i-th open connection (i >= 1)
@@ -12,10 +13,11 @@
 -- out during an outage longer than the lease, or Redis lost its data) takes it again, with its
 -- info, only while the user holds fewer than max_connections live slots: other workers may have
 -- admitted new connections in its place meanwhile, and the limit wins. The refused ones are
--- returned for the caller to close. A live slot keeps its stored info (a re-admission may have
+-- returned for the caller to close. A conn_id marked released (release.lua) is skipped: the
+-- connection closed after this renewal was sent, and its release got here first. A live slot keeps its stored info (a re-admission may have
 -- replaced it) and gets the given one only if it has none (evicted, or admitted without).
--- Expired slots of other connections (and their info) are purged first. Both keys share the
--- hash tag {u:<sub>}; they expire one second after the last lease.
+-- Expired slots of other connections (and their info) are purged first. All keys share the hash
+-- tag {u:<sub>}; slots and info expire one second after the last lease.
 
 local lease_ms = tonumber(ARGV[1]) * 1000
 local max_connections = tonumber(ARGV[2])
@@ -43,7 +45,10 @@ end
 local result = {0, 0}
 for _, i in ipairs(gone) do
   local conn_id, info = ARGV[i], ARGV[i + 1]
-  if redis.call('ZCARD', KEYS[1]) < max_connections then
+  local mark = redis.call('ZSCORE', KEYS[3], conn_id)
+  if mark and tonumber(mark) > now then
+    -- Released: closed, nothing to revive nor to refuse.
+  elseif redis.call('ZCARD', KEYS[1]) < max_connections then
     revived = revived + 1
     redis.call('HSET', KEYS[2], conn_id, info)
     redis.call('ZADD', KEYS[1], expiry, conn_id)
