@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak.clients import LATE_SECONDS, SoakDashboard, Stats
-from bench.soak.invariants import Fault, Record, Violation, check, settled
+from bench.soak.invariants import Fault, Record, Violation, check, events_delivered, settled
 from tests.support.server import ROOT
 
 pytestmark = pytest.mark.slow
@@ -119,6 +119,31 @@ def test_a_late_event_fills_its_gap_and_a_missing_one_is_reported() -> None:
     assert [(g["agent"], g["missing"]) for g in dashboard.stats.gaps] == [("a1", 1)]
     assert dashboard.stats.late == 1
     assert dashboard.open_gaps == []
+
+
+def test_a_gap_is_dated_from_when_its_events_were_sent() -> None:
+    """An event whose live publication was lost reaches the dashboard late, caught up from the
+    history together with the next one: the events missing between the two were sent after the
+    first was sent, not after it arrived. A fault then lies inside the gap, and so does the hub's
+    `unavailable` to the agent for the missing one."""
+    dashboard = SoakDashboard(["ws://127.0.0.1:1/ws/dashboard"], lambda: "unused")
+    dashboard.stats, dashboard.sub, dashboard.live = Stats(limit=10), "ops", True
+    dashboard.last_seen, dashboard.recovery, dashboard.open_gaps = {}, {}, []
+    now = time.time()
+    dashboard.refused = {"a1": [now - 140]}  # n=3 refused while Redis failed over
+    dashboard._saw("a1", {"n": 1, "s": 1, "at": now - 200})
+    dashboard._saw("a1", {"n": 2, "s": 1, "at": now - 150})
+    dashboard._saw("a1", {"n": 4, "s": 1, "at": now})  # 3 refused; 2 and 4 arrive together
+    dashboard.report_gaps(float("inf"))
+    assert [(g["first_missing"], g["from"]) for g in dashboard.stats.gaps] == [(3, now - 150)]
+    gap = dashboard.stats.gaps[0]
+    assert gap["agent_refused"] is True and gap["to"] >= now
+    in_fault = Fault("kill", "redis_primary_kill", "redis", now - 145, now - 130)
+    assert events_delivered(Record(limit=10, faults=[in_fault], gaps=[gap])) == []
+    # Dated from its arrival (when the previous one came), the same gap looked like a loss.
+    late = {**gap, "from": now - 0.1}
+    assert [v.invariant for v in events_delivered(Record(limit=10, faults=[in_fault], gaps=[late]))
+            ] == ["event_missing"]
 
 
 def test_a_fault_window_lasts_until_its_clients_are_back() -> None:

@@ -158,7 +158,7 @@ LATE_SECONDS = 5.0
 class SoakDashboard(_Tracked, DashboardClient):
     kind = "dashboard"
     last_seen: dict[str, tuple[int, int, int, float]]
-    """agent_id -> (highest event number, agent session, own session, arrival time) so far."""
+    """agent_id -> (highest event number, agent session, own session, its emission time) so far."""
     open_gaps: list[tuple[float, dict[str, Any], set[int]]]
     """Gaps not reported yet: (report after, the gap, its numbers still missing)."""
     refused: dict[str, list[float]]
@@ -189,6 +189,9 @@ class SoakDashboard(_Tracked, DashboardClient):
     def _saw(self, agent_id: str, payload: dict[str, Any]) -> None:
         n, agent_session = int(payload.get("n", 0)), int(payload.get("s", 0))
         now = time.time()
+        # When the agent sent it: an event can reach a dashboard long after (caught up from the
+        # history once a later one revealed that its live publication was lost).
+        sent = float(payload.get("at", now))
         self.stats.events += 1
         previous = self.last_seen.get(agent_id)
         if previous is not None and n <= previous[0]:
@@ -196,13 +199,15 @@ class SoakDashboard(_Tracked, DashboardClient):
                 if gap["agent"] == agent_id:
                     missing.discard(n)
             return
-        self.last_seen[agent_id] = (n, agent_session, self.sessions, now)
+        self.last_seen[agent_id] = (n, agent_session, self.sessions, sent)
         if previous is None or n == previous[0] + 1:
             return
-        # A gap: events previous[0]+1 .. n-1 have not arrived. Whether that is allowed depends on
-        # the fault windows (the orchestrator knows them) and on who reconnected meanwhile.
+        # A gap: events previous[0]+1 .. n-1 have not arrived; they were sent between the two
+        # that did. Whether that is allowed depends on the fault windows (the orchestrator knows
+        # them) and on who reconnected meanwhile.
         self.open_gaps.append((now + LATE_SECONDS, {
             "agent": agent_id, "missing": n - previous[0] - 1, "from": previous[3], "to": now,
+            "first_missing": previous[0] + 1, "next_sent": sent,
             "dashboard_reconnected": previous[2] != self.sessions,
             "agent_reconnected": previous[1] != agent_session,
             # After a reconnect: what the hub answered for this agent's `since` (None: not asked).
@@ -295,7 +300,7 @@ class Slot:
                 return
             if isinstance(client, SoakAgent):
                 with contextlib.suppress(HubError):
-                    await client.emit({"n": self.counter + 1, "s": client.sessions})
+                    await client.emit({"n": self.counter + 1, "s": client.sessions, "at": time.time()})
                     self.counter += 1
             elif "operator" in self.roles:
                 self.runner.spawn(self._command(client))
