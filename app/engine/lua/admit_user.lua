@@ -1,8 +1,8 @@
 -- admit_user.lua: count a user's connection attempt and take a connection slot, atomically.
 --
--- KEYS[1]  {prefix}:{u:<sub>}:slots  zset; member = conn_id, score = lease expiry (ms, Redis TIME)
--- KEYS[2]  {prefix}:{u:<sub>}:rate   zset; member = nonce, score = admission time (ms)
--- KEYS[3]  {prefix}:{u:<sub>}:info   hash; field = conn_id, value = ConnectionInfo as JSON
+-- KEYS[1]  {prefix}:{u:<sub>}:slots     zset; member = conn_id, score = lease expiry (ms, Redis TIME)
+-- KEYS[2]  {prefix}:{u:<sub>}:rate      zset; member = nonce, score = admission time (ms)
+-- KEYS[3]  {prefix}:{u:<sub>}:info      hash; field = conn_id, value = ConnectionInfo as JSON
 -- KEYS[4]  {prefix}:{u:<sub>}:released  zset of conn_ids released lately (release.lua)
 -- ARGV[1]  conn_id
 -- ARGV[2]  rate_limit: admitted attempts allowed per window
@@ -18,8 +18,8 @@
 --   {3, 0}  connection_limit: max_connections unexpired slots are held
 -- A refused attempt is not counted and takes no slot. A conn_id that already holds a slot is
 -- re-admitted (its lease is extended) without counting against the max; an admitted conn_id is no
--- longer marked released. All keys share the hash
--- tag {u:<sub>} (one cluster slot); they expire when their last entry would, so idle users vanish.
+-- longer marked released. All keys share the hash tag {u:<sub>} (one cluster slot); they expire
+-- when their last entry would, so idle users vanish.
 -- The info of a slot goes with it: expired slots lose their info here too.
 
 local conn_id = ARGV[1]

@@ -1,8 +1,8 @@
 -- renew.lua: extend the leases of one user's live connections; re-establish those that are gone,
 -- within the user's limit.
 --
--- KEYS[1]  {prefix}:{u:<sub>}:slots  zset; member = conn_id, score = lease expiry (ms, Redis TIME)
--- KEYS[2]  {prefix}:{u:<sub>}:info   hash; field = conn_id, value = ConnectionInfo as JSON
+-- KEYS[1]  {prefix}:{u:<sub>}:slots     zset; member = conn_id, score = lease expiry (ms, Redis TIME)
+-- KEYS[2]  {prefix}:{u:<sub>}:info      hash; field = conn_id, value = ConnectionInfo as JSON
 -- KEYS[3]  {prefix}:{u:<sub>}:released  zset; member = conn_id, score = end of the mark (ms)
 -- ARGV[1]  lease_seconds
 -- ARGV[2]  max_connections
@@ -14,8 +14,9 @@
 -- info, only while the user holds fewer than max_connections live slots: other workers may have
 -- admitted new connections in its place meanwhile, and the limit wins. The refused ones are
 -- returned for the caller to close. A conn_id marked released (release.lua) is skipped: the
--- connection closed after this renewal was sent, and its release got here first. A live slot keeps its stored info (a re-admission may have
--- replaced it) and gets the given one only if it has none (evicted, or admitted without).
+-- connection closed after this renewal was sent, and its release got here first. A live slot
+-- keeps its stored info (a re-admission may have replaced it) and gets the given one only if it
+-- has none (evicted, or admitted without).
 -- Expired slots of other connections (and their info) are purged first. All keys share the hash
 -- tag {u:<sub>}; slots and info expire one second after the last lease.
 

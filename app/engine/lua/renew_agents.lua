@@ -15,8 +15,8 @@
 -- connections that are open on its worker, so an entry whose lease ran out (an outage longer than
 -- the lease) or that is gone (Redis lost its data) is written again, unless conn_id is marked
 -- released (agent_offline.lua: the connection closed after this renewal was sent, and its
--- offline got here first). Its "connected at" (which
--- decides the most recent connection, the one locate_agent returns):
+-- offline got here first). Its "connected at" (which decides the most recent connection, the
+-- one locate_agent returns):
 --   - kept when the expired entry is still there (its true place in the order);
 --   - else, when the agent has other live connections, one microsecond below the oldest of them:
 --     a revived entry of unknown age never takes "most recent" from a connection that may be
@@ -50,8 +50,8 @@ for i = 1, #KEYS - 2 do
     redis.call('HSET', key, conn_id, string.format('%.0f:%s', expiry, rest))
     renewed = renewed + 1
   elseif not released then
-    -- Gone or expired, and not released: re-establish it (rare, so the whole hash is read only
-    -- here).
+    -- Gone or expired, and not released: re-establish it (rare: the only place the whole hash
+    -- is read).
     local known = value and tonumber(string.match(value, '^%d+:(%d+):'))
     local oldest = nil
     local entries = redis.call('HGETALL', key)
