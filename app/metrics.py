@@ -39,6 +39,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from app.roles import Endpoint
+
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
@@ -112,6 +114,10 @@ def _version() -> str:
 
 
 BUILD_INFO.labels(_version()).set(1)
+# Every worker shows its open connections from its start, at 0: a rule or a panel that sums them
+# gets 0, not an absent series, while no connection is open (or after the only busy worker died).
+for _endpoint in Endpoint:
+    bound(ACTIVE, _endpoint.value)
 
 # Readiness as a series, so that an alert can see it (deploy/prometheus/hub-rules.yml): set by the
 # worker that answers /readyz or /metrics, from the checks it made just then. ``mostrecent``: the

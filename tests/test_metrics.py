@@ -95,6 +95,10 @@ async def test_metrics_are_the_totals_of_every_worker(start_hub: Callable[..., H
     hub = start_hub(redis_env(redis_url), workers=2, name="metrics")
     wait_for_workers(hub, 2)
     prefix = f"msub{secrets.token_hex(4)}"
+    # Before any connection the live gauge is there, at 0: a rule summing it gets 0, not nothing.
+    samples = scrapes_agree(hub)
+    for endpoint in ("agent", "dashboard"):
+        assert samples[("hub_active_connections", frozenset({("endpoint", endpoint)}))] == 0
 
     # 20 accepted agents, opened together and kept open: spread over both workers.
     subs = [f"{prefix}-{i}" for i in range(N)]
