@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import sqlite3
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -184,8 +185,20 @@ class Store:
     def _sqlite_pragmas(self, dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            # WAL is kept in the database file: set it only where it is not yet (a fresh
+            # connection knows the file's mode once it has read it: schema_version reads it).
+            cursor.execute("PRAGMA schema_version")
+            cursor.execute("PRAGMA journal_mode")
+            row = cursor.fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as exc:
+                    # 'database is locked' at once, without the busy wait, while other
+                    # connections write: the file is in use, and its mode is the one the first
+                    # connection set. This connection works in that mode either way.
+                    log.info("store.wal_pragma_busy", error=str(exc))
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
