@@ -14,12 +14,23 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from app.engine._redis_client import Client
 
 # A bound on one pipeline, so that one write stays small under a flood.
 MAX_BATCH = 256
+
+
+class Batch(Protocol):
+    """The routing path's commands: this module's :class:`Batcher`, or the lean connection of
+    :mod:`app.engine.redis_pipe`, with the guarantees of this module's docstring."""
+
+    async def call(self, *command: Any) -> Any: ...
+
+    async def call_many(self, *commands: tuple[Any, ...]) -> list[Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Batcher:
@@ -55,6 +66,9 @@ class Batcher:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the connections are ``client``'s."""
 
     async def _flush(self) -> None:
         try:

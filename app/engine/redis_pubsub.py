@@ -60,7 +60,7 @@ from app.engine.base import (
     EngineUnavailable,
     MessageHandler,
 )
-from app.engine.redis_batch import Batcher
+from app.engine.redis_pipe import hot_path
 
 log = structlog.get_logger("app.engine")
 
@@ -98,8 +98,9 @@ class RedisMessaging:
         self.channel = f"{self._tag}:control"
         self.worker_channel = self.worker_channel_of(worker_id)
         self._client = client
-        # Routed messages and the engine's scripts of every handshake and message share pipelines.
-        self.batch = Batcher(client)
+        # Routed messages and the engine's scripts of every handshake and message share one
+        # pipelined connection (redis-py's pipelines on a cluster or over TLS).
+        self.batch = hot_path(client, target, f"{prefix}:{worker_id}:hot")
         self._target = target
         self._sharded = target.cluster
         self._publish_command = "SPUBLISH" if self._sharded else "PUBLISH"
@@ -162,6 +163,7 @@ class RedisMessaging:
             await asyncio.gather(subscriber, return_exceptions=True)
         await self._inbox.close()
         await self._close_sub_client()
+        await self.batch.aclose()
 
     async def _close_sub_client(self) -> None:
         if self._sub_client is not None:

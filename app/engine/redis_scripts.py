@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 
 from app.engine._redis_client import UNAVAILABLE, Client
 from app.engine.base import EngineUnavailable
-from app.engine.redis_batch import Batcher
+from app.engine.redis_batch import Batch
 
 SCRIPTS = (
     "check_ip",
@@ -47,7 +47,7 @@ def load_script(name: str) -> str:
 class Scripts:
     """Every script of :data:`SCRIPTS`, registered on ``client``."""
 
-    def __init__(self, client: Client, batch: Batcher) -> None:
+    def __init__(self, client: Client, batch: Batch) -> None:
         self._client = client
         self._batch = batch
         self._scripts: dict[str, AsyncScript] = {

@@ -13,13 +13,16 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 
 from app.engine.base import ControlEvent, Engine
 from app.engine.memory import MemoryEngine
 from app.engine.redis import RedisEngine
+from app.engine.redis_pipe import _Link
 from tests.support.redis_server import RedisServer
 
 Advance = Callable[[float], Awaitable[None]]
@@ -81,6 +84,51 @@ async def _engines(default_url: str, prefix: str) -> AsyncIterator[RedisFactory]
     finally:
         for engine in made:
             await engine.close()
+
+
+class Wire:
+    """What the engine writes to Redis and how many replies it reads, on both of its paths:
+    redis-py's connections and the hot path's own (:mod:`app.engine.redis_pipe`)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.reads = 0
+
+    def clear(self) -> None:
+        self.sent.clear()
+        self.reads = 0
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    """Record every write (one per round trip) and every read from now on."""
+    recorded = Wire()
+    send, read = AbstractConnection.send_packed_command, AbstractConnection.read_response
+    flush, received = _Link._flush, _Link.data_received
+
+    async def counting_send(self: AbstractConnection, command: Any, *a: Any, **kw: Any) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        recorded.sent.append(b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks))
+        await send(self, command, *a, **kw)
+
+    async def counting_read(self: AbstractConnection, *a: Any, **kw: Any) -> Any:
+        recorded.reads += 1
+        return await read(self, *a, **kw)
+
+    def counting_flush(self: _Link) -> None:
+        if self._out:
+            recorded.sent.append(b"".join(self._out))
+        flush(self)
+
+    def counting_received(self: _Link, data: bytes) -> None:
+        recorded.reads += 1
+        received(self, data)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    monkeypatch.setattr(AbstractConnection, "read_response", counting_read)
+    monkeypatch.setattr(_Link, "_flush", counting_flush)
+    monkeypatch.setattr(_Link, "data_received", counting_received)
+    return recorded
 
 
 @pytest.fixture

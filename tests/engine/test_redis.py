@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from structlog.testing import capture_logs
 
@@ -20,7 +19,7 @@ from app.engine.base import Admitted, ConnectionInfo, ControlEvent, EngineUnavai
 from app.errors import Code
 from tests.support.redis_server import RedisServer
 
-from .conftest import RedisFactory
+from .conftest import RedisFactory, Wire
 
 pytestmark = pytest.mark.redis
 
@@ -85,29 +84,11 @@ async def test_malformed_control_messages_are_dropped(
     assert [e["event"] for e in logs].count("engine.bad_control_event") == 4
 
 
-async def test_one_round_trip_per_check_ip_and_admit_user(
-    redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_one_round_trip_per_check_ip_and_admit_user(redis_factory: RedisFactory, wire: Wire) -> None:
     engine = await redis_factory()
-    # Warm up: connections open (HELLO/SETNAME happen once per connection, not per call).
+    # Warm up: connections open (AUTH/SETNAME happen once per connection, not per call).
     await engine.check_ip("10.0.0.1", limit=100)
     await engine.admit_user("alice", "c0", **LIMITS)
-
-    sent: list[bytes] = []
-    reads: list[int] = []
-    send, read = AbstractConnection.send_packed_command, AbstractConnection.read_response
-
-    async def counting_send(self: AbstractConnection, command: Any, *a: Any, **kw: Any) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else list(command)
-        sent.append(b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks))
-        await send(self, command, *a, **kw)
-
-    async def counting_read(self: AbstractConnection, *a: Any, **kw: Any) -> Any:
-        reads.append(1)
-        return await read(self, *a, **kw)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
-    monkeypatch.setattr(AbstractConnection, "read_response", counting_read)
 
     for call in (
         engine.check_ip("10.0.0.1", limit=100),
@@ -115,11 +96,10 @@ async def test_one_round_trip_per_check_ip_and_admit_user(
         engine.check_ip("10.0.0.2", limit=100),  # a new IP: no difference
         engine.admit_user("bob", "c1", **LIMITS),
     ):
-        sent.clear()
-        reads.clear()
+        wire.clear()
         assert await call == Admitted()
-        assert (len(sent), len(reads)) == (1, 1), sent
-        assert sent[0].count(b"EVALSHA") == 1
+        assert (len(wire.sent), wire.reads) == (1, 1), wire.sent
+        assert wire.sent[0].count(b"EVALSHA") == 1
 
 
 async def test_redis_outage_fails_closed_fast_and_recovers_without_restart(

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from structlog.testing import capture_logs
 
@@ -18,7 +17,7 @@ from app.engine._redis_client import MAX_CONNECTIONS
 from app.engine.base import Admitted, ConnectionInfo
 from tests.support.redis_server import RedisServer
 
-from .conftest import RedisFactory, drain_until
+from .conftest import RedisFactory, Wire, drain_until
 
 pytestmark = pytest.mark.redis
 
@@ -232,25 +231,14 @@ async def test_hub_keys_are_cluster_safe_and_expire(
     assert len(marks) == 2 * len(ids) and all(0 < ttl <= 60_000 for ttl in marks), marks
 
 
-async def test_one_round_trip_per_hub_call(
-    redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_one_round_trip_per_hub_call(redis_factory: RedisFactory, wire: Wire) -> None:
     engine = await redis_factory()
     row = ConnectionInfo("c1", "alice", "/ws/agent", "192.0.2.1", "w1", 1.0)
     bob = ConnectionInfo("c1", "bob", "/ws/agent", "192.0.2.1", "w1", 1.0)
-    # Warm up: connections open (HELLO/SETNAME happen once per connection, not per call).
+    # Warm up: connections open (AUTH/SETNAME happen once per connection, not per call).
     await engine.admit_user("alice", "c0", **LIMITS)
     await engine.publish_agent("acme", "a1", "warm")
 
-    sent: list[bytes] = []
-    send = AbstractConnection.send_packed_command
-
-    async def counting_send(self: AbstractConnection, command: Any, *a: Any, **kw: Any) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else list(command)
-        sent.append(b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks))
-        await send(self, command, *a, **kw)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
     calls: list[tuple[Any, bytes]] = [
         (lambda: engine.admit_user("alice", "c1", **LIMITS, info=row), b"EVALSHA"),
         # One user is (tenant, sub): without a tenant, a sub is looked for in every tenant (SCAN).
@@ -267,12 +255,12 @@ async def test_one_round_trip_per_hub_call(
         (lambda: engine.publish_agent("acme", "a1", "hi"), b"PUBLISH"),
     ]
     for call, command in calls:
-        sent.clear()
+        wire.clear()
         await call()
         # Pipelines go out as one write: one round trip.
-        assert len(sent) == 1, sent
-        assert command in sent[0]
-        assert b"SCRIPT" not in sent[0]
+        assert len(wire.sent) == 1, wire.sent
+        assert command in wire.sent[0]
+        assert b"SCRIPT" not in wire.sent[0]
 
 
 async def test_pipelined_scripts_survive_a_redis_restart(
