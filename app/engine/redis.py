@@ -151,9 +151,10 @@ class RedisEngine(DelegatedMessaging):
     # -- limits -------------------------------------------------------------------------------
 
     async def _hot(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        """A script of every handshake or event: on one primary in the shared pipelines, so that
-        the calls of a reconnect storm or a flood reach Redis in a few writes (a cluster pipeline
-        may split: one call there). Raises EngineUnavailable."""
+        """A script of every handshake or event: on one primary or Sentinel, on the hot
+        connection (:mod:`app.engine.redis_pipe`), so that the calls of a reconnect storm or a
+        flood reach Redis in a few writes (a cluster pipeline may split: one call there). Raises
+        EngineUnavailable."""
         if self.target.cluster:
             return await self._scripts.run(name, keys, args)
         return await self._scripts.run_batched(name, keys, args)
@@ -305,7 +306,7 @@ class RedisEngine(DelegatedMessaging):
             self.keys.released_key(tenant),
         ]
         try:
-            # In the shared pipelines: a drain closes thousands of agents at once, and one pooled
+            # On the hot connection: a drain closes thousands of agents at once, and one pooled
             # connection each ran the pool out (MaxConnectionsError for 5,303 of them in a soak).
             reply = await self._hot("agent_offline", keys, [agent_id, conn_id, RELEASED_SECONDS])
             return int(reply) == 1
@@ -375,7 +376,7 @@ class RedisEngine(DelegatedMessaging):
             known_epoch, known_seq,
         ]
         # Not in run_many (it resends a whole pipeline); a retry of the same call is answered,
-        # not appended, again. On one primary it shares the routing path's pipelines.
+        # not appended, again. On one primary it goes on the routing path's hot connection.
         epoch, seq = await self._hot("append_event", self.keys.history_keys(tenant, agent_id), args)
         return text(epoch), int(seq)
 

@@ -1,5 +1,7 @@
-"""Commands batched into pipelines: what many coroutines send to Redis at about the same time
-goes in one write and comes back in one round trip.
+"""Commands batched into redis-py pipelines: what many coroutines send to Redis at about the same
+time goes in one write and comes back in one round trip. The routing path's commands use it on a
+Redis Cluster, where a pipeline is split by slot; elsewhere :mod:`app.engine.redis_pipe` carries
+them on a connection of its own, with the same guarantees (:class:`Batch`).
 
 Guarantees:
 

@@ -5,8 +5,8 @@ Every handshake runs two or three scripts and every routed message a publish. Th
 lone command cost about 170 µs of CPU (pool, retry wrapper, pipeline object, stream reader)
 against about 45 µs here, where the floor is the two system calls; with 16 in flight, 33 µs
 against 6 µs (``bench``'s handshake and relay rows show what it is worth end to end). So on a
-single primary and on Sentinel the routing path speaks RESP2 itself, with hiredis' parser, on one
-asyncio protocol. A Redis Cluster (commands split by slot) and TLS (``rediss://``) keep redis-py's
+single primary and on Sentinel (over TLS too) the routing path speaks RESP2 itself, with hiredis'
+parser, on one asyncio protocol. A Redis Cluster (commands split by slot) keeps redis-py's
 pipelines (:class:`app.engine.redis_batch.Batcher`): :func:`hot_path` chooses.
 
 Guarantees (those of :class:`~app.engine.redis_batch.Batcher`):
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -47,12 +48,19 @@ Command = tuple[Any, ...]
 
 
 def hot_path(client: Client, target: RedisTarget, client_name: str) -> Batch:
-    """The routing path's commands for ``target``: a :class:`Pipe` on one primary or Sentinel
-    without TLS, redis-py's pipelines on ``client`` otherwise (see the module docstring)."""
-    if target.cluster or target.tls or not isinstance(client, aioredis.Redis):
+    """The routing path's commands for ``target``: a :class:`Pipe` on one primary or Sentinel,
+    redis-py's pipelines on ``client`` on a cluster (see the module docstring). The address,
+    credentials, database and TLS settings are the ones redis-py read from ``HUB_REDIS_URL``
+    for ``client``."""
+    if target.cluster or not isinstance(client, aioredis.Redis):
         return Batcher(client)
     pool = client.connection_pool
     options = pool.connection_kwargs
+    tls: Callable[[], ssl.SSLContext] | None = None
+    if target.tls:
+        # redis-py's reading of the URL's ssl_* options (CA, client certificate, verification),
+        # built when connecting: a missing file fails that connection, not the start.
+        tls = pool.connection_class(**options).ssl_context.get  # type: ignore[attr-defined]
     address: Address
     if isinstance(pool, SentinelConnectionPool):
         address = pool.get_master_address
@@ -69,16 +77,18 @@ def hot_path(client: Client, target: RedisTarget, client_name: str) -> Batch:
     if int(options.get("db") or 0):
         setup.append(("SELECT", int(options["db"])))
     setup.append(("CLIENT", "SETNAME", client_name))
-    return Pipe(address, setup)
+    return Pipe(address, setup, tls=tls)
 
 
 class Pipe:
     """Commands on one lazily (re)opened connection (see the module docstring)."""
 
     def __init__(
-        self, address: Address, setup: list[Command], *, timeout: float = SOCKET_TIMEOUT_SECONDS
+        self, address: Address, setup: list[Command], *, timeout: float = SOCKET_TIMEOUT_SECONDS,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self._address = address
+        self._tls = tls
         self._setup = [hiredis.pack_command(command) for command in setup]
         self._timeout = timeout
         self._link: _Link | None = None
@@ -138,7 +148,8 @@ class Pipe:
     async def _open(self) -> _Link:
         host, port = await self._address()
         loop = asyncio.get_running_loop()
-        _, link = await loop.create_connection(lambda: _Link(self._timeout), host, port)
+        context = self._tls() if self._tls is not None else None
+        _, link = await loop.create_connection(lambda: _Link(self._timeout), host, port, ssl=context)
         setup = [loop.create_future() for _ in self._setup]
         for packed, future in zip(self._setup, setup, strict=True):
             link.send(packed, future)

@@ -99,7 +99,7 @@ class RedisMessaging:
         self.worker_channel = self.worker_channel_of(worker_id)
         self._client = client
         # Routed messages and the engine's scripts of every handshake and message share one
-        # pipelined connection (redis-py's pipelines on a cluster or over TLS).
+        # pipelined connection (redis-py's pipelines on a cluster).
         self.batch = hot_path(client, target, f"{prefix}:{worker_id}:hot")
         self._target = target
         self._sharded = target.cluster

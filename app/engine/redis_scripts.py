@@ -1,5 +1,5 @@
 """The Redis engine's Lua scripts (``app/engine/lua/<name>.lua``, package data) and the three
-ways it runs them: alone, in the routing path's shared pipelines, or many in one pipeline.
+ways it runs them: alone, on the routing path's hot connection, or many in one pipeline.
 
 Every multi-step operation of the engine is one script, so it is atomic across workers. The
 scripts are loaded at start, so a call is one EVALSHA round trip; after a Redis restart or a
@@ -71,8 +71,9 @@ class Scripts:
             raise EngineUnavailable(f"redis {name}: {type(exc).__name__}: {exc}") from exc
 
     async def run_batched(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        """:meth:`run` in the routing path's shared pipelines (one primary only: a cluster
-        pipeline may split). NOSCRIPT means it did not run: it runs once more, loaded first."""
+        """:meth:`run` on the routing path's hot connection (one primary or Sentinel only: a
+        cluster pipeline may split). NOSCRIPT means it did not run: it runs once more, loaded
+        first."""
         script = self._scripts[name]
         try:
             return await self._batch.call("EVALSHA", script.sha, len(keys), *keys, *args)

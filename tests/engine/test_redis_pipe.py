@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import trustme
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.engine._redis_client import connect, parse_redis_url
+from app.engine.base import Admitted
+from app.engine.redis import RedisEngine
 from app.engine.redis_batch import Batcher
 from app.engine.redis_pipe import Command, Pipe, hot_path
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port, redis_server_binary
 
 from .conftest import Wire
 
@@ -218,16 +225,87 @@ def test_the_pipe_runs_on_uvloop_as_the_server_does(own_server: RedisServer) -> 
     assert replies[51] == b"PONG"
 
 
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server speaking TLS only (a certificate for 127.0.0.1 from a CA of this test):
+    its port, and the CA's certificate file."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = tmp_path / "redis.crt", tmp_path / "redis.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(certfile), "--tls-key-file", str(keyfile),
+         "--tls-ca-cert-file", str(cafile), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    trust = ssl.create_default_context(cafile=str(cafile))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, \
+                    trust.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            assert time.monotonic() < deadline, "the TLS redis-server did not start"
+            time.sleep(0.05)
+    yield port, cafile
+    server.kill()
+    server.wait()
+
+
+async def test_tls_uses_the_urls_certificate_settings(tls_redis: tuple[int, Path]) -> None:
+    port, cafile = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cafile}"
+    target = parse_redis_url(url)
+    client = connect(target, "t")
+    pipe = hot_path(client, target, "t:hot")
+    assert isinstance(pipe, Pipe)
+    try:
+        assert await pipe.call("PING") == b"PONG"
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+    engine = RedisEngine(url, prefix="tls", worker_id="w1")  # both of its paths over TLS
+    await engine.start()
+    try:
+        assert await engine.check_ip("192.0.2.1", limit=10) == Admitted()
+        assert await engine.admit_user("alice", "c1", rate_limit=10, max_connections=10,
+                                       lease_seconds=30) == Admitted()
+    finally:
+        await engine.close()
+    # A certificate the URL's CA did not sign: refused, at once.
+    untrusted = parse_redis_url(f"rediss://127.0.0.1:{port}/0")
+    client = connect(untrusted, "t")
+    pipe = hot_path(client, untrusted, "t:hot")
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match="SSLCertVerificationError"):
+            await pipe.call("PING")
+        assert time.monotonic() - started < 1.5
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     ("url", "kind"),
     [
         ("redis://127.0.0.1:1/0", Pipe),
         ("redis+sentinel://127.0.0.1:1/hub", Pipe),
-        ("rediss://127.0.0.1:1/0", Batcher),  # TLS: redis-py's connections
+        ("rediss://127.0.0.1:1/0", Pipe),
+        ("rediss+sentinel://127.0.0.1:1/hub", Pipe),
         ("redis+cluster://127.0.0.1:1", Batcher),
+        ("rediss+cluster://127.0.0.1:1", Batcher),
     ],
 )
-async def test_the_hot_path_is_the_pipe_except_on_a_cluster_and_over_tls(url: str, kind: type) -> None:
+async def test_the_hot_path_is_the_pipe_except_on_a_cluster(url: str, kind: type) -> None:
     target = parse_redis_url(url)
     client = connect(target, "t")
     batch = hot_path(client, target, "t:hot")
