@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import statistics
 import threading
 import time
 from collections import Counter
@@ -141,6 +142,33 @@ def run_handshakes(url: str, identity: Identity, count: int, *, processes: int,
         "client_cpu_pct": [round(100 * p["cpu"] / max(p["end"] - p["start"], 1e-9), 1) for p in parts],
         "schedule_lag_p99_ms": max(p["lag_p99_ms"] for p in parts),
         "server_cpu_ms_per_handshake": 1000 * server_cpu / ok if ok else float("nan"),
+    }
+
+
+def combine_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`run_handshakes` results of one server as one: rates over the summed
+    handshakes and time, CPU per handshake weighted, latency percentiles the median of the
+    rounds' (each round's own is in ``rounds``)."""
+    ok = sum(int(r["ok"]) for r in runs)
+    wall = sum(float(r["wall_s"]) for r in runs)
+    errors: Counter[str] = Counter()
+    for r in runs:
+        errors.update(r["errors"])
+    cpu = sum(float(r["server_cpu_ms_per_handshake"]) * int(r["ok"]) for r in runs if r["ok"])
+    return {
+        "ok": ok,
+        "errors": dict(errors),
+        "wall_s": wall,
+        "per_s": ok / wall if wall > 0 else 0.0,
+        "p50_ms": statistics.median(float(r["p50_ms"]) for r in runs),
+        "p99_ms": statistics.median(float(r["p99_ms"]) for r in runs),
+        "max_ms": max(float(r["max_ms"]) for r in runs),
+        "client_cpu_pct": [max(r["client_cpu_pct"][k] for r in runs)
+                           for k in range(len(runs[0]["client_cpu_pct"]))],
+        "schedule_lag_p99_ms": max(float(r["schedule_lag_p99_ms"]) for r in runs),
+        "server_cpu_ms_per_handshake": cpu / ok if ok else float("nan"),
+        "rounds": [{k: r[k] for k in ("ok", "per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_handshake")}
+                   for r in runs],
     }
 
 

@@ -2,7 +2,10 @@
 figures (each gets fresh servers).
 
 - ``baseline``: the bare server (:mod:`bench.bare_app`): warm-up, idle memory, closed-loop and
-  paced handshakes, churn.
+  paced handshakes, churn. It stays up, idle, for the rest of the run: each hub's closed-loop
+  handshakes are measured in rounds that alternate with rounds on it (``<hub>_bare``), so that
+  the throughput ratio compares minutes that the machine spent alike (its speed drifts by more
+  than the goals' margins over a run).
 - ``bare_relay`` / ``bare_relay_redis``: the bare relay (:mod:`bench.bare_relay`) in one process,
   and in two processes forwarding through one Redis: every message row, the baselines of the
   embedded and the Redis hub's.
@@ -30,7 +33,7 @@ from bench import ha
 from bench.churn import run_churn
 from bench.client import Identity
 from bench.events import EventsJob, run_events, run_fanout_rate
-from bench.load import redis_commands_per_handshake, run_handshakes
+from bench.load import combine_rounds, redis_commands_per_handshake, run_handshakes
 from bench.memory import HoldJob, measure_idle
 from bench.relay import RelayJob, run_fanout, run_relay
 from bench.servers import RedisServer, ServerProcess, bare_relay_server, bare_server, hub_server
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
 MAX_CONNS_SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 # The event history off: what it costs is the difference between the two events rows.
 NO_HISTORY = {"HUB_EVENT_HISTORY_SIZE": "0"}
+# Closed-loop handshake rounds of a hub, each next to a round on the bare server.
+PAIRED_ROUNDS = 3
+PAIRED_TARGETS = ("embedded", "redis")
 
 
 class Bench:
@@ -52,6 +58,8 @@ class Bench:
         self.p = profile
         self.secret = secret
         self.results = results
+        # The bare server, left running by the baseline plan for the paired rounds.
+        self.bare: ServerProcess | None = None
 
     def ident(self, prefix: str, *roles: str) -> Identity:
         return Identity(self.secret, prefix, roles)
@@ -94,10 +102,31 @@ class Bench:
             processes=p.processes, server_pids=server.worker_pids()))
 
     def handshakes(self, target: str, server: ServerProcess) -> None:
-        self.section(target, "handshake_closed", lambda: run_handshakes(
-            f"{server.url}/ws/dashboard", self.ident("closed", "dashboard"), self.p.closed_count,
-            processes=self.p.processes, concurrency=self.p.closed_concurrency,
-            server_pids=server.worker_pids()))
+        """Closed-loop handshakes; on a hub, in rounds alternating with the bare server's (its
+        figures go to ``<target>_bare``), when the bare server is up."""
+        p, bare = self.p, self.bare
+
+        def closed(on: ServerProcess, prefix: str, count: int) -> dict[str, Any]:
+            return run_handshakes(f"{on.url}/ws/dashboard", self.ident(prefix, "dashboard"), count,
+                                  processes=p.processes, concurrency=p.closed_concurrency,
+                                  server_pids=on.worker_pids())
+
+        if bare is None or target not in PAIRED_TARGETS:
+            self.section(target, "handshake_closed", lambda: closed(server, "closed", p.closed_count))
+            return
+
+        def paired() -> dict[str, Any]:
+            hub_runs, bare_runs = [], []
+            share = max(1, p.closed_count // PAIRED_ROUNDS)
+            for k in range(PAIRED_ROUNDS):
+                # Bare first in even rounds, the hub first in odd ones: a drift favours neither.
+                for on in (bare, server) if k % 2 == 0 else (server, bare):
+                    runs = bare_runs if on is bare else hub_runs
+                    runs.append(closed(on, f"closed{k}-{'bare' if on is bare else 'hub'}", share))
+            self.results.setdefault(f"{target}_bare", {})["handshake_closed"] = combine_rounds(bare_runs)
+            return combine_rounds(hub_runs)
+
+        self.section(target, "handshake_closed", paired)
 
     def redis_ops(self, name: str, redis_port: int, server: ServerProcess, endpoint: str) -> None:
         """Commands Redis receives per handshake on ``/ws/<endpoint>`` (a few in flight)."""
@@ -165,7 +194,7 @@ class Plans:
     def baseline(self) -> None:
         base = self.started(bare_server(self.env, self.workdir))
         self.bench.common("baseline", base)
-        base.stop()
+        self.bench.bare = base  # idle from now on; stopped with the rest at the end
 
     def bare_relay(self) -> None:
         relay = self.started(bare_relay_server("bare-relay", self.env, self.workdir))

@@ -43,9 +43,17 @@ def test_smoke_run_measures_every_row(tmp_path: Path) -> None:
                 "events_per_s_no_history"):
         assert rows[key]["bases"] == {"embedded": "bare_relay", "redis": "bare_relay_redis"}, key
         assert set(rows[key]["ratios"]) == {"embedded", "redis"}, key
-    for key in ("handshakes_per_s", "churn_per_s", "rss_per_conn_kib"):
+    for key in ("churn_per_s", "rss_per_conn_kib"):
         assert rows[key]["bases"] == {"embedded": "baseline", "redis": "baseline"}, key
         assert set(rows[key]["ratios"]) == {"embedded", "redis"}, key
+    # Closed-loop handshakes: each hub against bare-server rounds alternating with its own.
+    assert rows["handshakes_per_s"]["bases"] == {"embedded": "embedded_bare", "redis": "redis_bare"}
+    assert set(rows["handshakes_per_s"]["ratios"]) == {"embedded", "redis"}
+    for hub in ("embedded", "redis"):
+        closed = document["details"][hub]["handshake_closed"]
+        paired = document["details"][f"{hub}_bare"]["handshake_closed"]
+        assert len(closed["rounds"]) == len(paired["rounds"]) == 3
+        assert closed["ok"] == sum(r["ok"] for r in closed["rounds"]) > 0
     for key, row in rows.items():
         assert row["values"], key
         for target, value in row["values"].items():
