@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -143,9 +144,8 @@ async def test_a_primary_demoted_to_replica_drops_the_connection(
     pipe = make_pipe()
     await pipe.call("PING")
     first_id = await _pipe_client_id(admin)
-    other = parse_redis_url(redis_url)
-    host, port = other.url.split("//")[1].split("/")[0].rsplit(":", 1)
-    await admin.execute_command("REPLICAOF", host, port)
+    primary = urlsplit(redis_url)  # the session's Redis, as the primary to follow
+    await admin.execute_command("REPLICAOF", primary.hostname, primary.port or 6379)
     try:
         with pytest.raises(RedisConnectionError, match="replica"):
             await pipe.call("SET", "k", "v")
@@ -180,7 +180,12 @@ async def test_the_urls_credentials_and_database_are_used(
     pipe = hot_path(client, target, "t:hot")
     try:
         assert await pipe.call("SET", "in-three", "yes") == b"OK"
-        assert await admin.execute_command("SELECT", 3) and await admin.get("in-three") == b"yes"
+        database_three = aioredis.Redis.from_url(f"{own_server.url[:-2]}/3")
+        try:
+            assert await database_three.get("in-three") == b"yes"
+        finally:
+            await database_three.aclose()
+        assert await admin.get("in-three") is None  # not in database 0
         names = {c["name"]: c["user"] for c in await admin.client_list()}
         assert names["t:hot"] == "hub"
     finally:
