@@ -598,11 +598,14 @@ async def test_the_refresher_drops_removed_keys_without_any_lookup(
     server.publish(public_jwk(rsa_keys[0], "RS256", "k1"))
     keys = JwksKeys(server.url, max_age_seconds=0.2, min_refresh_seconds=0.1)  # the real clock
     await keys.prefetch()
+    fetched = REGISTRY.get_sample_value("hub_jwks_fetches_total", {"outcome": "ok"}) or 0.0
     task = asyncio.create_task(keys.refresher())
     try:
         server.publish(public_jwk(rsa_keys[1], "RS256", "k2"))
+        # Wait for the refresher to apply a fetch, not for the server to see it: the request
+        # arrives before its reply is read, and cancelling in between would drop the new set.
         for _ in range(100):
-            if server.requests >= 2:
+            if (REGISTRY.get_sample_value("hub_jwks_fetches_total", {"outcome": "ok"}) or 0.0) > fetched:
                 break
             await asyncio.sleep(0.05)
         assert server.requests >= 2
