@@ -67,8 +67,9 @@ class Connection:
         self._progress_at = 0.0
         self._stall_check: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
-        # True while start() sends the welcome itself: what is sent meanwhile queues behind it.
-        self._starting = False
+        # True until start() has sent the welcome: what is sent before (a command routed to an
+        # agent the hub has just registered) queues behind it.
+        self._starting = True
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -83,13 +84,13 @@ class Connection:
 
     async def start(self) -> None:
         """Send the ``welcome`` and arm the timer. The welcome is sent by the calling task, not a
-        writer task: nothing can be queued before it, and most connections are sent nothing else.
-        Raises nothing; a socket that is gone is noticed by the caller's next receive."""
+        writer task, and always first: what was sent before this call waits behind it. Most
+        connections are sent nothing else. Raises nothing; a socket that is gone is noticed by
+        the caller's next receive."""
         actions = self.session.welcome(_now())
         welcome = actions[0]
         assert isinstance(welcome, Send)
         loop = asyncio.get_running_loop()
-        self._starting = True
         self._progress_at = loop.time()
         try:
             await self.socket.send_text(welcome.text)
@@ -117,7 +118,7 @@ class Connection:
         pending = self._pending
         if pending is None:
             pending = self._pending = deque()
-        if not pending and self._writer is None and not self._starting:
+        if not pending and self._writer is None:
             # An idle writer is not a stalled one: the stall clock starts now.
             self._progress_at = loop.time()
         pending.append(text)

@@ -136,8 +136,10 @@ async def _serve(websocket: WebSocket, admission: Admission) -> None:
     runtime.registry.add(conn)
     active.inc()
     try:
-        await conn.start()
+        # Registered before the welcome: an agent that has its welcome is reachable, so a
+        # command sent to it from then on is routed to it, not refused `agent_offline`.
         await runtime.hub.connected(conn)
+        await conn.start()
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":

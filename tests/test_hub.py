@@ -4,6 +4,7 @@ engine in one process, and on Redis with the two sides on two processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -207,6 +208,24 @@ async def test_command_to_an_offline_agent(pair: tuple[HubProcess, HubProcess]) 
     dash = await _dashboard(a, "op-offline")
     await dash.send(type="command", id="o", agent_id="nobody-here", payload=None)
     assert (await dash.expect("error", ref="o"))["error"] == "agent_offline"
+    await dash.close()
+
+
+async def test_an_agent_is_reachable_as_soon_as_it_has_its_welcome(pair: tuple[HubProcess, HubProcess]) -> None:
+    # The hub registers an agent before it sends the welcome: a command sent the moment the
+    # welcome arrives, from another worker, is routed, never refused agent_offline.
+    a, b = pair
+    dash = await _dashboard(a, "op-at-once")
+    for n in range(20):
+        agent = await _agent(b, f"agent-at-once-{n}")
+        await dash.send(type="command", id=f"n{n}", agent_id=f"agent-at-once-{n}", payload=n)
+        answer = json.loads(await asyncio.wait_for(dash.ws.recv(), 5))
+        assert (answer["type"], answer["ref"]) == ("command.accepted", f"n{n}"), answer
+        command = await agent.expect("command")
+        assert command["payload"] == n
+        await agent.send(type="result", command_id=command["command_id"], payload=n)
+        await dash.expect("result", command_id=command["command_id"])
+        await agent.close()
     await dash.close()
 
 
