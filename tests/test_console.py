@@ -234,7 +234,17 @@ async def test_console_waits_for_its_operator_on_connection_limit_4429(
         await console.wait_text("#notice", "You already have the maximum number of connections open")
         assert await console.page.get_attribute("#status", "data-close") == "4429 connection_limit"
         assert await console.page.text_content("#status") == "disconnected"
-    # The slot is free again; the operator connects on purpose.
+    # The slot is free once the hub has seen the tab's close (not when the client's close
+    # returns); then the operator connects on purpose.
+    admin = {"Authorization": f"Bearer {make_token('console-admin', ['admin'])}"}
+    async with httpx.AsyncClient(base_url=limited.http, headers=admin, timeout=10) as client:
+        for _ in range(100):
+            listed = await client.get("/admin/connections", params={"sub": "console-one-slot"})
+            assert listed.status_code == 200, listed.text
+            if not listed.json():
+                break
+            await asyncio.sleep(0.05)
+        assert not listed.json(), "the closed tab's slot was not released"
     await console.connect(token)
     await console.wait_text("#status", "connected")
     console.assert_no_csp_violation()

@@ -604,11 +604,14 @@ async def test_the_refresher_drops_removed_keys_without_any_lookup(
         server.publish(public_jwk(rsa_keys[1], "RS256", "k2"))
         # Wait for the refresher to apply a fetch, not for the server to see it: the request
         # arrives before its reply is read, and cancelling in between would drop the new set.
+        def applied() -> bool:
+            return (REGISTRY.get_sample_value("hub_jwks_fetches_total", {"outcome": "ok"}) or 0.0) > fetched
+
         for _ in range(100):
-            if (REGISTRY.get_sample_value("hub_jwks_fetches_total", {"outcome": "ok"}) or 0.0) > fetched:
+            if applied():
                 break
             await asyncio.sleep(0.05)
-        assert server.requests >= 2
+        assert applied() and server.requests >= 2
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -44,8 +44,11 @@ async def test_scenario_5_split_over_two_processes(start_hub: StartHub, redis_ur
     # Another user is unaffected, and a freed slot can be taken again.
     assert (await attempt(f"{a.url}/ws/agent", token=make_token("other-user"))).accepted
     await peers.pop().close()
-    await asyncio.sleep(0.2)
-    peers.append(await _open(a, "limit-user"))
+    # The slot is free once b has seen the close and released it in Redis: no fixed wait.
+    deadline = time.monotonic() + 10
+    while not (outcome := await attempt(f"{a.url}/ws/agent", token=make_token("limit-user"))).accepted:
+        assert outcome.code == "connection_limit" and time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     for peer in peers:
         await peer.close()
 
@@ -107,8 +110,12 @@ async def test_a_lapsed_slot_is_not_revived_past_the_limit(start_hub: StartHub, 
     assert client.delete(f"{user_keys}:slots", f"{user_keys}:info") == 2
     outcomes = [await attempt_hold(b, "lapse-user") for _ in range(2)]
     on_b = [peer for peer in outcomes if peer is not None]
-    # Within a renewal (a third of the lease): exactly two stay open, whichever they are.
-    await asyncio.sleep(1.5 + 0.5)
+    # At a's next renewal (a third of the lease) the lapsed ones it lost are closed; wait for
+    # its log line (written before the close), then exactly two stay open, whichever they are.
+    deadline = time.monotonic() + 10
+    while a.log_text().count('"ws.closed_over_limit"') < len(on_b):
+        assert time.monotonic() < deadline, "the lapsed connections were not closed"
+        await asyncio.sleep(0.1)
     alive, closed = [], []
     for peer in on_a + on_b:
         try:

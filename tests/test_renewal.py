@@ -40,6 +40,28 @@ class SlowEngine(MemoryEngine):
         await super().renew_agents(entries, lease_seconds=lease_seconds)
 
 
+class OneChunkEngine(SlowEngine):
+    """Each renewal's first chunk is renewed at once and its second hangs until the renewal's
+    bound cuts it: a cut that does not depend on how busy the machine is."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0)
+        self.hang = True
+        self._chunks = 0
+
+    async def renew_agents(self, entries: Iterable[tuple[str, str, str]], *, lease_seconds: int) -> None:
+        self._chunks = 0  # presence goes first in every renewal
+        await super().renew_agents(entries, lease_seconds=lease_seconds)
+
+    async def renew(
+        self, connections: Iterable[ConnectionInfo], *, lease_seconds: int, max_connections: int
+    ) -> list[ConnectionInfo]:
+        self._chunks += 1
+        if self.hang and self._chunks > 1:
+            await asyncio.Event().wait()
+        return await super().renew(connections, lease_seconds=lease_seconds, max_connections=max_connections)
+
+
 def renewal_of(
     engine: MemoryEngine, leases: list[ConnectionInfo], *, lease_seconds: int = 30,
     is_open: Callable[[str], bool] = lambda _: True,
@@ -69,11 +91,11 @@ def test_cursor_wraps_around_from_where_it_stopped() -> None:
 async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # 10 connections in chunks of 2; each chunk takes 0.3 s and a renewal is bounded by 0.5 s
-    # (a 3 s lease: an interval of 1 s), so every renewal is cut after one chunk. Starting over
-    # each time would renew c0 and c1 forever and let the others' leases run out.
+    # 10 connections in chunks of 2; a renewal is bounded by 0.5 s (a 3 s lease: an interval of
+    # 1 s), and the engine hangs on each renewal's second chunk, so every renewal is cut after
+    # one. Starting over each time would renew c0 and c1 forever and let the others' leases run out.
     monkeypatch.setattr(renewal, "RENEW_CHUNK", 2)
-    engine = SlowEngine(delay=0.3)
+    engine = OneChunkEngine()
     leases = [conn(n) for n in range(10)]
     closed: list[ConnectionInfo] = []
     loop = renewal_of(engine, leases, lease_seconds=3, over_limit=closed.extend)
@@ -83,8 +105,8 @@ async def test_a_renewal_cut_by_its_bound_resumes_so_every_lease_gets_renewed(
     # Presence goes first: a renewal cut among the connection chunks still renewed it.
     assert engine.presence_renewals == 5
     assert closed == []
-    # Without the delay one renewal gets through whole.
-    engine.delay = 0
+    # Without the hang one renewal gets through whole.
+    engine.hang = False
     engine.renewed.clear()
     assert await loop.renew() is True
     assert sorted(engine.renewed) == sorted(info.conn_id for info in leases)

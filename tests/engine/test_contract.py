@@ -94,20 +94,20 @@ async def test_real_time_lease_expiry(realtime_engine: Engine) -> None:
 
 
 async def test_renew_keeps_a_slot_past_its_first_lease(engine: Engine, advance: Advance) -> None:
-    limits = {**LIMITS, "lease_seconds": 1}
+    limits = {**LIMITS, "lease_seconds": 2}
     assert await engine.admit_user("alice", "c0", **limits) == Admitted()
     assert await engine.admit_user("bob", "c0", **limits) == Admitted()
     assert await engine.admit_user("alice", "c1", **limits) == Admitted()
-    await advance(0.6)
-    await engine.renew([conn("alice", "c0"), conn("bob", "c0")], lease_seconds=1, max_connections=10)
-    await advance(0.6)
+    await advance(1.2)
+    await engine.renew([conn("alice", "c0"), conn("bob", "c0")], lease_seconds=2, max_connections=10)
+    await advance(1.2)
     # Past the first lease: the renewed slots live, the one not renewed is gone.
     assert await engine.count_connections("alice") == 1
     assert await engine.count_connections("bob") == 1
-    await advance(0.6)
+    await advance(1.2)
     # No renewal came (a killed worker): the lease ran out.
     assert await engine.count_connections("alice") == 0
-    await engine.renew([], lease_seconds=1, max_connections=10)
+    await engine.renew([], lease_seconds=2, max_connections=10)
 
 
 async def test_renew_revives_an_open_connection_whose_lease_ran_out(

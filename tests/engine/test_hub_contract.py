@@ -61,17 +61,17 @@ async def test_info_of_another_slot_is_refused(engine: Engine) -> None:
 
 
 async def test_info_expires_with_its_lease_unless_renewed(engine: Engine, advance: Advance) -> None:
-    limits = {**LIMITS, "lease_seconds": 1}
+    limits = {**LIMITS, "lease_seconds": 2}
     kept, dead = info("alice", "kept", at=1), info("alice", "dead", at=2)
     for row in (kept, dead):
         assert await engine.admit_user("alice", row.conn_id, **limits, info=row) == Admitted()
-    await advance(0.6)
-    await engine.renew([kept], lease_seconds=1, max_connections=10)
-    await advance(0.6)
+    await advance(1.2)
+    await engine.renew([kept], lease_seconds=2, max_connections=10)
+    await advance(1.2)
     # The worker of "dead" stopped renewing (killed): its connection is no longer listed.
     assert await engine.list_connections("alice") == [kept]
     assert await engine.list_connections() == [kept]
-    await advance(0.6)
+    await advance(1.2)
     assert await engine.list_connections() == []
 
 
@@ -132,21 +132,21 @@ async def test_the_most_recent_connection_is_located(engine: Engine) -> None:
 
 
 async def test_presence_expires_without_renewal(engine: Engine, advance: Advance) -> None:
-    await engine.agent_online("acme", "kept", "c1", lease_seconds=1)
-    await engine.agent_online("acme", "dead", "c2", lease_seconds=1)
-    await engine.agent_online("acme", "both", "old", lease_seconds=1)
-    await engine.agent_online("acme", "both", "new", lease_seconds=1)
-    await advance(0.6)
+    await engine.agent_online("acme", "kept", "c1", lease_seconds=2)
+    await engine.agent_online("acme", "dead", "c2", lease_seconds=2)
+    await engine.agent_online("acme", "both", "old", lease_seconds=2)
+    await engine.agent_online("acme", "both", "new", lease_seconds=2)
+    await advance(1.2)
     await engine.renew_agents(
-        [("acme", "kept", "c1"), ("acme", "both", "old"), ("other", "x", "c9")], lease_seconds=1
+        [("acme", "kept", "c1"), ("acme", "both", "old"), ("other", "x", "c9")], lease_seconds=2
     )
-    await advance(0.6)
+    await advance(1.2)
     assert await engine.online_agents("acme") == {"kept", "both"}
     assert await engine.locate_agent("acme", "dead") is None
     # The newest connection of "both" expired: the older, renewed one now gets its commands.
     assert await engine.locate_agent("acme", "both") == (engine.worker_id, "old")
-    await engine.renew_agents([], lease_seconds=1)
-    await advance(0.6)
+    await engine.renew_agents([], lease_seconds=2)
+    await advance(1.2)
     # No renewal came for any of them (a killed worker): all are offline.
     assert await engine.online_agents("acme") == set()
     assert await engine.locate_agent("acme", "both") is None
