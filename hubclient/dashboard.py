@@ -3,8 +3,10 @@
 The subscription is re-sent after every reconnect, with ``since``: the last ``(epoch, seq)`` seen of
 each agent, so the hub replays what was missed (each event once, in order); ``subscriptions()``
 tells whether that recovery was complete. ``events()`` and ``presence()`` iterate across
-reconnects; a command's result is matched to it even when it overtakes ``command.accepted``, and a
-command whose session closes before its result raises :class:`~hubclient.errors.ConnectionLost`.
+reconnects; a command's result is matched to it even when it overtakes ``command.accepted``, an
+error about it (``agent_offline`` when the agent left) ends it even when it comes right behind
+the acceptance, and a command whose session closes before its result raises
+:class:`~hubclient.errors.ConnectionLost`.
 """
 
 # Public coroutines take ``timeout=`` like the websockets API they sit on (ASYNC109).
@@ -58,8 +60,10 @@ class DashboardClient(HubClient):
         self._subscription: list[str] | Literal["*"] | None = None
         self._events: Feed[EventDelivery] = Feed()
         self._presence: Feed[Presence] = Feed()
+        # Each command in flight has one future from its send on: found by its ref (an error, a
+        # disconnect) and, once accepted, by its command id (its result).
+        self._commands: dict[MessageId, asyncio.Future[ResultDelivery]] = {}
         self._results: dict[str, asyncio.Future[ResultDelivery]] = {}
-        self._command_refs: dict[MessageId, str] = {}
         self._early: OrderedDict[str, ResultDelivery] = OrderedDict()
         self._subscribed: Feed[Subscribed] = Feed()
         # agent_id -> (epoch, seq) of the last event received: `since` on every resubscribe.
@@ -116,33 +120,33 @@ class DashboardClient(HubClient):
         """
         ws = self._require()
         ref = self._next_id("c")
-        async with asyncio.timeout(timeout):
-            answer = await self._request(ws, messages.command(agent_id, payload, ref), ref)
-            if isinstance(answer, Error):
-                raise command_error(answer.error, answer.message)
-            if not isinstance(answer, CommandAccepted):
-                raise ProtocolError(f"unexpected answer to command: {answer.type}")
-            command_id = answer.command_id
-            if self._ws is not ws:
-                # The session ended between the acceptance and here (its reader went on to the
-                # close before this task resumed): the result would come to that session, and
-                # the disconnect already failed the results it knew of.
-                raise ConnectionLost("the session closed before the hub answered")
-            future: asyncio.Future[ResultDelivery] = asyncio.get_running_loop().create_future()
-            early = self._early.pop(command_id, None)
-            if early is not None:
-                future.set_result(early)
-            self._results[command_id] = future
-            self._command_refs[ref] = command_id
-            try:
+        # Made before the send: the reader may handle the acceptance and what follows it (an
+        # error about this command, the session's close) before this task resumes.
+        future: asyncio.Future[ResultDelivery] = asyncio.get_running_loop().create_future()
+        self._commands[ref] = future
+        command_id: str | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await self._request(ws, messages.command(agent_id, payload, ref), ref)
+                if isinstance(answer, Error):
+                    raise command_error(answer.error, answer.message)
+                if not isinstance(answer, CommandAccepted):
+                    raise ProtocolError(f"unexpected answer to command: {answer.type}")
+                command_id = answer.command_id
+                # A session that ended since has failed the future (ConnectionLost).
+                early = self._early.pop(command_id, None)
+                if early is not None and not future.done():
+                    future.set_result(early)
+                self._results[command_id] = future
                 result = await future
-            finally:
+        finally:
+            self._commands.pop(ref, None)
+            if command_id is not None:
                 self._results.pop(command_id, None)
-                self._command_refs.pop(ref, None)
-                if future.done() and not future.cancelled():
-                    # Failed by a disconnect just as the timeout cancelled this task: retrieved
-                    # here, not reported by asyncio as "Future exception was never retrieved".
-                    future.exception()
+            if future.done() and not future.cancelled():
+                # Failed by a disconnect just as the timeout cancelled this task: retrieved
+                # here, not reported by asyncio as "Future exception was never retrieved".
+                future.exception()
         return result.payload
 
     async def _on_welcome(self, ws: ClientConnection, welcome: Welcome) -> None:
@@ -179,8 +183,7 @@ class DashboardClient(HubClient):
                 while len(self._early) > 1000:
                     self._early.popitem(last=False)
         elif isinstance(message, Error):
-            command_id = self._command_refs.get(message.ref) if message.ref is not None else None
-            future = self._results.get(command_id) if command_id is not None else None
+            future = self._commands.get(message.ref) if message.ref is not None else None
             if future is not None and not future.done():
                 # e.g. agent_offline after command.accepted: the agent vanished meanwhile.
                 future.set_exception(command_error(message.error, message.message))
@@ -194,7 +197,7 @@ class DashboardClient(HubClient):
         self._subscribed.publish(message)
 
     def _on_disconnect(self, lost: ConnectionLost) -> None:
-        for future in self._results.values():
+        for future in self._commands.values():
             if not future.done():
                 future.set_exception(lost)
 

@@ -27,7 +27,7 @@ from hubclient import (
     decide_status,
 )
 from hubclient.client import AgentClient, DashboardClient
-from hubclient.messages import JsonValue
+from hubclient.messages import Error, JsonValue
 from tests.conftest import make_token, redis_env
 from tests.support.server import ROOT, HubProcess
 
@@ -193,6 +193,32 @@ async def test_a_session_lost_right_after_command_accepted_raises_connection_los
         monkeypatch.setattr(dash, "_request", accepted_then_lost)
         with pytest.raises(ConnectionLost):
             await dash.send_command("race-agent", {}, timeout=10)
+
+
+async def test_an_error_right_after_command_accepted_is_raised_not_dropped(
+    hub: HubProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub can send `command.accepted` and then, at once, `error` with the same ref (the agent
+    left with the command unanswered). The reader can dispatch both before send_command resumes
+    with the acceptance: the error must still end the command, not leave it to its timeout."""
+    async def slow(command_id: str, sender: str, payload: JsonValue) -> JsonValue:
+        await asyncio.sleep(30)
+        return None
+
+    async with (
+        connect_agent(hub.url, Tokens("race-agent-2", ["agent"]), on_command=slow),
+        connect_dashboard(hub.url, Tokens("race-op-2", ["dashboard", "operator"])) as dash,
+    ):
+        real = dash._request
+
+        async def accepted_then_error(ws: Any, frame: str, ref: Any) -> Any:
+            answer = await real(ws, frame, ref)
+            dash._dispatch(ws, Error(error="agent_offline", message="the agent disconnected", ref=ref))
+            return answer
+
+        monkeypatch.setattr(dash, "_request", accepted_then_error)
+        with pytest.raises(AgentOffline):
+            await dash.send_command("race-agent-2", {}, timeout=5)
 
 
 async def test_refresh_keeps_one_connection_across_several_token_lifetimes(start_hub: StartHub) -> None:
