@@ -408,9 +408,8 @@ var HubClient = class {
   newId(prefix) {
     return `${prefix}${this.nextId++}`;
   }
-  /** Send `frame` with a fresh `id`; resolves with the answer carrying it as `ref`. */
-  request(frame, prefix, timeout) {
-    const id = this.newId(prefix);
+  /** Send `frame` with `id` (a fresh one by default); resolves with the answer carrying it as `ref`. */
+  request(frame, prefix, timeout, id = this.newId(prefix)) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.delete(id);
@@ -541,6 +540,9 @@ var DashboardClient = class extends HubClient {
     this.handlers = {};
     this.positions = /* @__PURE__ */ new Map();
     this.results = /* @__PURE__ */ new Map();
+    // Commands in flight by their `id`: an `error` about one (`agent_offline` when the agent left)
+    // carries it as `ref`, and may come right behind `command.accepted`.
+    this.commands = /* @__PURE__ */ new Map();
     this.early = /* @__PURE__ */ new Map();
   }
   /** Watch `agents` (or `"*"`: all of the tenant's, including those that come online later);
@@ -565,31 +567,44 @@ var DashboardClient = class extends HubClient {
   async sendCommand(agentId, payload = null, options = {}) {
     const timeout = options.timeout ?? 3e4;
     const started = Date.now();
-    const answer = await this.request({ type: "command", agent_id: agentId, payload }, "c", timeout);
-    if (answer.type === "error") throw commandError(answer.error, answer.message);
-    if (answer.type !== "command.accepted") throw new HubError("protocol_error", `unexpected answer to command: ${answer.type}`);
-    const commandId = answer.command_id;
-    const early = this.early.get(commandId);
-    if (early) {
-      this.early.delete(commandId);
-      return early.payload ?? null;
-    }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.results.delete(commandId);
-        reject(new HubTimeoutError(`no result for command ${commandId} within ${timeout} ms`));
-      }, Math.max(0, timeout - (Date.now() - started)));
-      this.results.set(commandId, {
-        resolve: (value) => {
-          clearTimeout(timer);
-          resolve(value);
-        },
-        reject: (error) => {
-          clearTimeout(timer);
-          reject(error);
-        }
-      });
+    const id = this.newId("c");
+    let failed = null;
+    this.commands.set(id, (error) => {
+      failed = error;
     });
+    try {
+      const answer = await this.request({ type: "command", agent_id: agentId, payload }, "c", timeout, id);
+      if (answer.type === "error") throw commandError(answer.error, answer.message);
+      if (answer.type !== "command.accepted") throw new HubError("protocol_error", `unexpected answer to command: ${answer.type}`);
+      if (failed !== null) throw failed;
+      const commandId = answer.command_id;
+      const early = this.early.get(commandId);
+      if (early) {
+        this.early.delete(commandId);
+        return early.payload ?? null;
+      }
+      return await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.results.delete(commandId);
+          reject(new HubTimeoutError(`no result for command ${commandId} within ${timeout} ms`));
+        }, Math.max(0, timeout - (Date.now() - started)));
+        const pending = {
+          resolve: (value) => {
+            clearTimeout(timer);
+            resolve(value);
+          },
+          reject: (error) => {
+            clearTimeout(timer);
+            this.results.delete(commandId);
+            reject(error);
+          }
+        };
+        this.results.set(commandId, pending);
+        this.commands.set(id, pending.reject);
+      });
+    } finally {
+      this.commands.delete(id);
+    }
   }
   subscribeFrame() {
     const frame = { type: "subscribe", agents: this.agents };
@@ -626,6 +641,14 @@ var DashboardClient = class extends HubClient {
         } else {
           this.early.set(message.command_id, message);
           if (this.early.size > EARLY_RESULTS) this.early.delete(this.early.keys().next().value);
+        }
+        return;
+      }
+      case "error": {
+        const fail = message.ref === null || message.ref === void 0 ? void 0 : this.commands.get(String(message.ref));
+        if (fail) {
+          this.commands.delete(String(message.ref));
+          fail(commandError(message.error, message.message));
         }
         return;
       }

@@ -288,9 +288,10 @@ export abstract class HubClient {
     return `${prefix}${this.nextId++}`;
   }
 
-  /** Send `frame` with a fresh `id`; resolves with the answer carrying it as `ref`. */
-  protected request(frame: Record<string, unknown>, prefix: string, timeout: number): Promise<ServerMessage> {
-    const id = this.newId(prefix);
+  /** Send `frame` with `id` (a fresh one by default); resolves with the answer carrying it as `ref`. */
+  protected request(
+    frame: Record<string, unknown>, prefix: string, timeout: number, id = this.newId(prefix),
+  ): Promise<ServerMessage> {
     return new Promise<ServerMessage>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.delete(id);

@@ -42,7 +42,8 @@ const EARLY_RESULTS = 1000;
  *
  * Guarantees: the subscription is re-sent after every reconnect (with `since` when the events
  * carried positions); `sendCommand` resolves with the agent's result payload even when the result
- * overtakes `command.accepted`, and rejects with a typed error: {@link Forbidden},
+ * overtakes `command.accepted`, ends with an error about the command (`agent_offline` when the
+ * agent left) even when it comes right behind the acceptance, and rejects with a typed error: {@link Forbidden},
  * {@link AgentOffline}, another {@link CommandError}, {@link NotConnected},
  * {@link ConnectionLost} (closed before the result: the outcome is unknown) or
  * {@link HubTimeoutError}.
@@ -53,6 +54,9 @@ export class DashboardClient extends HubClient {
   private handlers: SubscribeHandlers = {};
   private positions = new Map<string, Position>();
   private results = new Map<string, Pending>();
+  // Commands in flight by their `id`: an `error` about one (`agent_offline` when the agent left)
+  // carries it as `ref`, and may come right behind `command.accepted`.
+  private commands = new Map<string, (error: HubError) => void>();
   private early = new Map<string, ResultDeliveryMessage>();
 
   /** Watch `agents` (or `"*"`: all of the tenant's, including those that come online later);
@@ -79,25 +83,36 @@ export class DashboardClient extends HubClient {
   async sendCommand(agentId: string, payload: JsonValue = null, options: CommandOptions = {}): Promise<JsonValue> {
     const timeout = options.timeout ?? 30_000;
     const started = Date.now();
-    const answer = await this.request({ type: "command", agent_id: agentId, payload }, "c", timeout);
-    if (answer.type === "error") throw commandError(answer.error, answer.message);
-    if (answer.type !== "command.accepted") throw new HubError("protocol_error", `unexpected answer to command: ${answer.type}`);
-    const commandId = answer.command_id;
-    const early = this.early.get(commandId);
-    if (early) {
-      this.early.delete(commandId);
-      return early.payload ?? null;
-    }
-    return new Promise<JsonValue>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.results.delete(commandId);
-        reject(new HubTimeoutError(`no result for command ${commandId} within ${timeout} ms`));
-      }, Math.max(0, timeout - (Date.now() - started)));
-      this.results.set(commandId, {
-        resolve: (value) => { clearTimeout(timer); resolve(value); },
-        reject: (error) => { clearTimeout(timer); reject(error); },
+    const id = this.newId("c");
+    // An error handled before this function resumes with the acceptance is kept for it.
+    let failed: HubError | null = null;
+    this.commands.set(id, (error) => { failed = error; });
+    try {
+      const answer = await this.request({ type: "command", agent_id: agentId, payload }, "c", timeout, id);
+      if (answer.type === "error") throw commandError(answer.error, answer.message);
+      if (answer.type !== "command.accepted") throw new HubError("protocol_error", `unexpected answer to command: ${answer.type}`);
+      if (failed !== null) throw failed;
+      const commandId = answer.command_id;
+      const early = this.early.get(commandId);
+      if (early) {
+        this.early.delete(commandId);
+        return early.payload ?? null;
+      }
+      return await new Promise<JsonValue>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.results.delete(commandId);
+          reject(new HubTimeoutError(`no result for command ${commandId} within ${timeout} ms`));
+        }, Math.max(0, timeout - (Date.now() - started)));
+        const pending: Pending = {
+          resolve: (value) => { clearTimeout(timer); resolve(value); },
+          reject: (error) => { clearTimeout(timer); this.results.delete(commandId); reject(error); },
+        };
+        this.results.set(commandId, pending);
+        this.commands.set(id, pending.reject);
       });
-    });
+    } finally {
+      this.commands.delete(id);
+    }
   }
 
   private subscribeFrame(): Record<string, unknown> {
@@ -137,6 +152,14 @@ export class DashboardClient extends HubClient {
           // The result overtook its command.accepted (the two travel different paths).
           this.early.set(message.command_id, message);
           if (this.early.size > EARLY_RESULTS) this.early.delete(this.early.keys().next().value as string);
+        }
+        return;
+      }
+      case "error": {
+        const fail = message.ref === null || message.ref === undefined ? undefined : this.commands.get(String(message.ref));
+        if (fail) {
+          this.commands.delete(String(message.ref));
+          fail(commandError(message.error, message.message));
         }
         return;
       }

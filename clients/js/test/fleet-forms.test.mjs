@@ -1,10 +1,11 @@
 // Message forms this hub version does not send yet but the contract allows (v2): presence as
-// `presence.snapshot`, and `seq`/`epoch` on events, replayed with `since` after a reconnect. A
+// `presence.snapshot`, and `seq`/`epoch` on events, replayed with `since` after a reconnect; and
+// an ordering a real hub produces only by chance: an `error` right behind `command.accepted`. A
 // scripted server on loopback plays the hub's part, so these tests pin the client's side alone.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { WebSocketServer } from "ws";
-import { DashboardClient } from "../dist/index.js";
+import { AgentOffline, DashboardClient } from "../dist/index.js";
 import { mint, until, WebSocket } from "./support.mjs";
 
 function scriptedHub(onMessage) {
@@ -72,3 +73,33 @@ test("after a reconnect the subscription is re-sent with since: the last seq of 
     await hub.close();
   }
 });
+
+for (const [when, delay] of [["right behind", null], ["a while after", 50]]) {
+  test(`an error ${when} command.accepted ends the command`, async () => {
+    const hub = await scriptedHub((socket, message) => {
+      if (message.type !== "command") return;
+      const accepted = JSON.stringify({ type: "command.accepted", command_id: `k-${message.id}`, ref: message.id });
+      const offline = JSON.stringify({ type: "error", error: "agent_offline", message: "the agent disconnected", ref: message.id });
+      if (delay === null) {
+        // Both frames in one write, so the client reads them in one go.
+        socket._socket.cork();
+        socket.send(accepted);
+        socket.send(offline);
+        process.nextTick(() => socket._socket.uncork());
+      } else {
+        socket.send(accepted);
+        setTimeout(() => socket.send(offline), delay);
+      }
+    });
+    const dash = new DashboardClient({ url: hub.url, WebSocket, getToken: () => mint("s", ["dashboard", "operator"]) });
+    try {
+      await dash.connect();
+      const started = Date.now();
+      await assert.rejects(dash.sendCommand("a-1", null, { timeout: 5000 }), AgentOffline);
+      assert.ok(Date.now() - started < 2000, "ended by the error, not by the timeout");
+    } finally {
+      dash.close();
+      await hub.close();
+    }
+  });
+}
