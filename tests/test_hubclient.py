@@ -168,57 +168,37 @@ async def test_agent_and_dashboard_round_trip(hub: HubProcess) -> None:
         assert (gone.agent_id, gone.status) == ("rt-agent", "offline")
 
 
-async def test_a_session_lost_right_after_command_accepted_raises_connection_lost(
-    hub: HubProcess, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("then", "raised"), [("lost", ConnectionLost), ("error", AgentOffline)])
+async def test_what_comes_right_behind_command_accepted_ends_the_command(
+    hub: HubProcess, monkeypatch: pytest.MonkeyPatch, then: str, raised: type[Exception]
 ) -> None:
-    """The reader can go on to the close before send_command resumes with the acceptance (the
-    soak's one command left waiting for its whole timeout): the result cannot come any more."""
+    """The reader can handle what comes right behind `command.accepted` before send_command
+    resumes with the acceptance: the session's close (the result cannot come any more), or an
+    `error` with the command's ref (the agent left with it unanswered). Either ends the command
+    at once; both once left it waiting for its whole timeout (found by the soak)."""
     async def slow(command_id: str, sender: str, payload: JsonValue) -> JsonValue:
         await asyncio.sleep(30)
         return None
 
     async with (
-        connect_agent(hub.url, Tokens("race-agent", ["agent"]), on_command=slow),
-        connect_dashboard(hub.url, Tokens("race-op", ["dashboard", "operator"])) as dash,
+        connect_agent(hub.url, Tokens(f"race-agent-{then}", ["agent"]), on_command=slow),
+        connect_dashboard(hub.url, Tokens(f"race-op-{then}", ["dashboard", "operator"])) as dash,
     ):
         real = dash._request
 
-        async def accepted_then_lost(ws: Any, frame: str, ref: Any) -> Any:
+        async def accepted_then(ws: Any, frame: str, ref: Any) -> Any:
             answer = await real(ws, frame, ref)
-            await ws.close()
-            while dash._ws is ws:
-                await asyncio.sleep(0.01)
+            if then == "lost":
+                await ws.close()
+                while dash._ws is ws:
+                    await asyncio.sleep(0.01)
+            else:
+                dash._dispatch(ws, Error(error="agent_offline", message="the agent disconnected", ref=ref))
             return answer
 
-        monkeypatch.setattr(dash, "_request", accepted_then_lost)
-        with pytest.raises(ConnectionLost):
-            await dash.send_command("race-agent", {}, timeout=10)
-
-
-async def test_an_error_right_after_command_accepted_is_raised_not_dropped(
-    hub: HubProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The hub can send `command.accepted` and then, at once, `error` with the same ref (the agent
-    left with the command unanswered). The reader can dispatch both before send_command resumes
-    with the acceptance: the error must still end the command, not leave it to its timeout."""
-    async def slow(command_id: str, sender: str, payload: JsonValue) -> JsonValue:
-        await asyncio.sleep(30)
-        return None
-
-    async with (
-        connect_agent(hub.url, Tokens("race-agent-2", ["agent"]), on_command=slow),
-        connect_dashboard(hub.url, Tokens("race-op-2", ["dashboard", "operator"])) as dash,
-    ):
-        real = dash._request
-
-        async def accepted_then_error(ws: Any, frame: str, ref: Any) -> Any:
-            answer = await real(ws, frame, ref)
-            dash._dispatch(ws, Error(error="agent_offline", message="the agent disconnected", ref=ref))
-            return answer
-
-        monkeypatch.setattr(dash, "_request", accepted_then_error)
-        with pytest.raises(AgentOffline):
-            await dash.send_command("race-agent-2", {}, timeout=5)
+        monkeypatch.setattr(dash, "_request", accepted_then)
+        with pytest.raises(raised):
+            await dash.send_command(f"race-agent-{then}", {}, timeout=5)
 
 
 async def test_refresh_keeps_one_connection_across_several_token_lifetimes(start_hub: StartHub) -> None:
