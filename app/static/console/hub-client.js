@@ -666,9 +666,9 @@ var DashboardClient = class extends HubClient {
     }
   }
   disconnected() {
-    const pending = [...this.results.values()];
-    this.results.clear();
-    for (const p of pending) p.reject(new ConnectionLost("the session closed before the result: its outcome is unknown"));
+    const failing = [...this.commands.values()];
+    this.commands.clear();
+    for (const fail of failing) fail(new ConnectionLost("the session closed before the result: its outcome is unknown"));
   }
 };
 

@@ -84,7 +84,8 @@ export class DashboardClient extends HubClient {
     const timeout = options.timeout ?? 30_000;
     const started = Date.now();
     const id = this.newId("c");
-    // An error handled before this function resumes with the acceptance is kept for it.
+    // An error (or the session's end) handled before this function resumes with the acceptance
+    // is kept for it.
     let failed: HubError | null = null;
     this.commands.set(id, (error) => { failed = error; });
     try {
@@ -180,8 +181,10 @@ export class DashboardClient extends HubClient {
   }
 
   protected override disconnected(): void {
-    const pending = [...this.results.values()];
-    this.results.clear();
-    for (const p of pending) p.reject(new ConnectionLost("the session closed before the result: its outcome is unknown"));
+    // Every command in flight, accepted or not, and also one whose acceptance was handled but
+    // whose sendCommand has not resumed yet.
+    const failing = [...this.commands.values()];
+    this.commands.clear();
+    for (const fail of failing) fail(new ConnectionLost("the session closed before the result: its outcome is unknown"));
   }
 }

@@ -1,11 +1,12 @@
 // Message forms this hub version does not send yet but the contract allows (v2): presence as
 // `presence.snapshot`, and `seq`/`epoch` on events, replayed with `since` after a reconnect; and
-// an ordering a real hub produces only by chance: an `error` right behind `command.accepted`. A
-// scripted server on loopback plays the hub's part, so these tests pin the client's side alone.
+// orderings a real hub produces only by chance: an `error` or the close right behind
+// `command.accepted`. A scripted server on loopback plays the hub's part, so these tests pin the
+// client's side alone.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { WebSocketServer } from "ws";
-import { AgentOffline, DashboardClient } from "../dist/index.js";
+import { AgentOffline, ConnectionLost, DashboardClient } from "../dist/index.js";
 import { mint, until, WebSocket } from "./support.mjs";
 
 function scriptedHub(onMessage) {
@@ -74,29 +75,34 @@ test("after a reconnect the subscription is re-sent with since: the last seq of 
   }
 });
 
-for (const [when, delay] of [["right behind", null], ["a while after", 50]]) {
-  test(`an error ${when} command.accepted ends the command`, async () => {
+// What comes right behind `command.accepted` (in the same write, so the client reads both in one
+// go) or a while after it ends the command at once, not at its timeout.
+const afterAcceptance = [
+  ["an error right behind", 0, (socket, ref) => socket.send(JSON.stringify({ type: "error", error: "agent_offline", message: "the agent disconnected", ref })), AgentOffline],
+  ["an error a while after", 50, (socket, ref) => socket.send(JSON.stringify({ type: "error", error: "agent_offline", message: "the agent disconnected", ref })), AgentOffline],
+  ["the session's close right behind", 0, (socket) => socket.close(1011, "gone"), ConnectionLost],
+];
+for (const [what, delay, follow, expected] of afterAcceptance) {
+  test(`${what} command.accepted ends the command`, async () => {
     const hub = await scriptedHub((socket, message) => {
       if (message.type !== "command") return;
       const accepted = JSON.stringify({ type: "command.accepted", command_id: `k-${message.id}`, ref: message.id });
-      const offline = JSON.stringify({ type: "error", error: "agent_offline", message: "the agent disconnected", ref: message.id });
-      if (delay === null) {
-        // Both frames in one write, so the client reads them in one go.
+      if (delay === 0) {
         socket._socket.cork();
         socket.send(accepted);
-        socket.send(offline);
+        follow(socket, message.id);
         process.nextTick(() => socket._socket.uncork());
       } else {
         socket.send(accepted);
-        setTimeout(() => socket.send(offline), delay);
+        setTimeout(() => follow(socket, message.id), delay);
       }
     });
     const dash = new DashboardClient({ url: hub.url, WebSocket, getToken: () => mint("s", ["dashboard", "operator"]) });
     try {
       await dash.connect();
       const started = Date.now();
-      await assert.rejects(dash.sendCommand("a-1", null, { timeout: 5000 }), AgentOffline);
-      assert.ok(Date.now() - started < 2000, "ended by the error, not by the timeout");
+      await assert.rejects(dash.sendCommand("a-1", null, { timeout: 5000 }), expected);
+      assert.ok(Date.now() - started < 2000, "ended at once, not by the timeout");
     } finally {
       dash.close();
       await hub.close();
