@@ -213,7 +213,7 @@ async def test_command_to_an_offline_agent(pair: tuple[HubProcess, HubProcess]) 
 
 async def test_an_agent_is_reachable_as_soon_as_it_has_its_welcome(pair: tuple[HubProcess, HubProcess]) -> None:
     # The hub registers an agent before it sends the welcome: a command sent the moment the
-    # welcome arrives, from another worker, is routed, never refused agent_offline.
+    # welcome arrives (on Redis, from another worker) is routed, never refused agent_offline.
     a, b = pair
     dash = await _dashboard(a, "op-at-once")
     for n in range(20):
