@@ -58,7 +58,7 @@ async def test_what_is_sent_before_start_goes_out_after_the_welcome() -> None:
     await conn.finish()
 
 
-async def test_a_connection_started_with_nothing_waiting_sends_its_welcome_alone() -> None:
+async def test_what_is_sent_after_start_goes_out_behind_the_welcome() -> None:
     socket = RecordingSocket()
     conn = connection(socket)
     await conn.start()
